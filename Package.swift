@@ -1,0 +1,34 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers, lowest first: C shims (system libraries via pkg-config) → NBStorage (ZIP, Zarr v2, codecs)
+// → the `nb-serve` command line. A lower layer never imports a higher one.
+let package = Package(
+    name: "nb-serve",
+    products: [
+        .executable(name: "nb-serve", targets: ["NBServeCLI"]),
+        .library(name: "NBStorage", targets: ["NBStorage"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CZmq", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CBlosc", pkgConfig: "blosc", providers: [.apt(["libblosc-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .target(
+            name: "NBStorage",
+            dependencies: ["CZstd", "CBlosc", "CLZ4", "CZlib"]
+        ),
+        .executableTarget(
+            name: "NBServeCLI",
+            dependencies: [
+                "NBStorage",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "NBStorageTests", dependencies: ["NBStorage", "CBlosc", "CZstd", "CLZ4", "CZlib"]),
+    ]
+)

@@ -1,0 +1,15 @@
+import ArgumentParser
+
+/// The `nb-serve` command: one subcommand per file, each a thin layer over the library modules.
+@main
+struct NBServe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nb-serve",
+        abstract: "A data-loading daemon for Noisebase Sample Training Format v1 datasets.",
+        discussion: """
+            nb-serve reads Noisebase training sequences (Zarr v2 groups in ZIP files) natively and serves \
+            them to PyTorch trainers. Run `nb-serve help <command>` for a command's options.
+            """,
+        subcommands: [Inspect.self]
+    )
+}

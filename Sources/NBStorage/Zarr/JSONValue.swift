@@ -1,0 +1,100 @@
+/// Any JSON value, as found in `.zarray` fields whose shape depends on the codec or dtype.
+public enum JSONValue: Codable, Sendable, Equatable, CustomStringConvertible {
+    case null
+    case bool(Bool)
+    case int(Int64)
+    case uint(UInt64)
+    case double(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null }
+        else if let value = try? container.decode(Bool.self) { self = .bool(value) }
+        else if let value = try? container.decode(Int64.self) { self = .int(value) }
+        else if let value = try? container.decode(UInt64.self) { self = .uint(value) }
+        else if let value = try? container.decode(Double.self) { self = .double(value) }
+        else if let value = try? container.decode(String.self) { self = .string(value) }
+        else if let value = try? container.decode([JSONValue].self) { self = .array(value) }
+        else { self = .object(try container.decode([String: JSONValue].self)) }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case .bool(let value): try container.encode(value)
+        case .int(let value): try container.encode(value)
+        case .uint(let value): try container.encode(value)
+        case .double(let value): try container.encode(value)
+        case .string(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        }
+    }
+
+    public subscript(key: String) -> JSONValue? {
+        if case .object(let members) = self { return members[key] }
+        return nil
+    }
+
+    public var stringValue: String? {
+        if case .string(let value) = self { return value }
+        return nil
+    }
+
+    /// The value as an integer, when it is one exactly.
+    public var intValue: Int? {
+        switch self {
+        case .int(let value): return Int(exactly: value)
+        case .uint(let value): return Int(exactly: value)
+        case .double(let value): return Int(exactly: value)
+        default: return nil
+        }
+    }
+
+    /// Compact JSON text with sorted keys (for messages and `inspect`).
+    public var description: String {
+        switch self {
+        case .null: return "null"
+        case .bool(let value): return value ? "true" : "false"
+        case .int(let value): return String(value)
+        case .uint(let value): return String(value)
+        case .double(let value):
+            if value.isNaN { return "\"NaN\"" }
+            if value.isInfinite { return value > 0 ? "\"Infinity\"" : "\"-Infinity\"" }
+            return String(value)
+        case .string(let value): return JSONValue.quote(value)
+        case .array(let values): return "[" + values.map(\.description).joined(separator: ", ") + "]"
+        case .object(let members):
+            return "{" + members.keys.sorted().map { "\(JSONValue.quote($0)): \(members[$0]!.description)" }
+                .joined(separator: ", ") + "}"
+        }
+    }
+
+    static func quote(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20: out += String(format: scalar.value)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+}
+
+private extension String {
+    /// `\u00XX` for a control character.
+    init(format value: UInt32) {
+        let hex = String(value, radix: 16)
+        self = "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+    }
+}

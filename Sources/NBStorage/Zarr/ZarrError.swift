@@ -1,0 +1,38 @@
+/// Why a Zarr group, array or chunk could not be read. Every case names the file (the store's path) and,
+/// where it applies, the array and the chunk key, so a log line points at the exact object at fault.
+public enum ZarrError: Error, CustomStringConvertible, Sendable {
+    /// The store itself could not be opened or read.
+    case store(file: String, reason: String)
+    /// Neither `.zgroup` nor any array at the root.
+    case notAGroup(file: String)
+    /// No `.zarray` for the array asked for.
+    case missingArray(file: String, array: String, available: [String])
+    /// `.zarray` is missing, not JSON, or inconsistent.
+    case invalidMetadata(file: String, array: String, reason: String)
+    /// A valid Zarr feature nb-serve does not implement (dtype, codec, filters, order).
+    case unsupported(file: String, array: String, feature: String)
+    /// A stored chunk that does not decode to exactly one chunk of data.
+    case corruptChunk(file: String, array: String, key: String, reason: String)
+    /// A region outside the array's shape.
+    case badRegion(file: String, array: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .store(let file, let reason):
+            return "\(file): \(reason)"
+        case .notAGroup(let file):
+            return "\(file): not a Zarr v2 group (no .zgroup and no arrays at its root)"
+        case .missingArray(let file, let array, let available):
+            let known = available.isEmpty ? "it has no arrays" : "it has: \(available.joined(separator: ", "))"
+            return "\(file): no array '\(array)' (\(known))"
+        case .invalidMetadata(let file, let array, let reason):
+            return "\(file): array '\(array)': invalid .zarray: \(reason)"
+        case .unsupported(let file, let array, let feature):
+            return "\(file): array '\(array)': unsupported \(feature)"
+        case .corruptChunk(let file, let array, let key, let reason):
+            return "\(file): array '\(array)' chunk '\(key)': \(reason)"
+        case .badRegion(let file, let array, let reason):
+            return "\(file): array '\(array)': \(reason)"
+        }
+    }
+}
