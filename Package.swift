@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers, lowest first: C shims (system libraries via pkg-config) → NBStorage (ZIP, Zarr v2, codecs)
-// → the `nb-serve` command line. A lower layer never imports a higher one.
+// → NBLoader (noisebase's loader semantics) → the `nb-serve` command line. A lower layer never imports a higher one.
 let package = Package(
     name: "nb-serve",
     products: [
@@ -11,6 +11,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         .systemLibrary(name: "CZmq", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
@@ -22,13 +23,19 @@ let package = Package(
             name: "NBStorage",
             dependencies: ["CZstd", "CBlosc", "CLZ4", "CZlib"]
         ),
+        .target(
+            name: "NBLoader",
+            dependencies: ["NBStorage", .product(name: "Yams", package: "Yams")]
+        ),
         .executableTarget(
             name: "NBServeCLI",
             dependencies: [
                 "NBStorage",
+                "NBLoader",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "NBStorageTests", dependencies: ["NBStorage", "CBlosc", "CZstd", "CLZ4", "CZlib"]),
+        .testTarget(name: "NBStorageTests", dependencies: ["NBStorage"]),
+        .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader"]),
     ]
 )
