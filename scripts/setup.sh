@@ -20,12 +20,12 @@ fi
 # zarr-python 2.x writes the test fixtures; noisebase (without torch) is the semantic oracle.
 if ! python3 - <<'PY' 2>/dev/null
 import importlib.metadata as m
-import numpy, numcodecs, pytest, yaml, zmq
+import numpy, numcodecs, pytest, yaml, zmq, hydra, tqdm, imageio
 assert m.version("zarr").startswith("2.")
 assert m.version("noisebase") == "1.1.1"
 PY
 then
     echo "setup: installing Python test dependencies" >&2
-    python3 -m pip install -q --disable-pip-version-check 'zarr<3' numcodecs numpy pytest pyyaml pyzmq
+    python3 -m pip install -q --disable-pip-version-check 'zarr<3' numcodecs numpy pytest pyyaml pyzmq hydra-core tqdm requests imageio
     python3 -m pip install -q --disable-pip-version-check --no-deps noisebase==1.1.1
 fi
