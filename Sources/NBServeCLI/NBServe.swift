@@ -10,6 +10,6 @@ struct NBServe: ParsableCommand {
             nb-serve reads Noisebase training sequences (Zarr v2 groups in ZIP files) natively and serves \
             them to PyTorch trainers. Run `nb-serve help <command>` for a command's options.
             """,
-        subcommands: [Inspect.self, Plan.self, Dump.self]
+        subcommands: [Inspect.self, Plan.self, Dump.self, Bench.self]
     )
 }

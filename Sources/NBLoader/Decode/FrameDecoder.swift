@@ -104,8 +104,7 @@ public final class FrameDecoder {
         if wanted.contains(.color) {
             let exposure = try file.exposure(frame)
             let array = try file.array("color", channels: 4, crop: crop, samples: samples, types: ["|u1"])
-            try read(array, frame: frame, channels: 4, samples: samples)
-            Gather.oriented(raw.baseAddress!.assumingMemoryBound(to: UInt8.self), rgbePlane, channels: 4, side: crop, inner: samples, flipRotate) { $0 }
+            try gather(array, frame: frame, channels: 4, perSample: true, flipRotate, rgbePlane, Copy<UInt8>.self)
             Kernels.decompressRGBE(rgbePlane, count: count / 3, exposure: exposure, into: output(.color, batch, slot))
         }
         if wanted.contains(.diffuse) {
@@ -138,15 +137,44 @@ public final class FrameDecoder {
         store("crop_offset", [camera.cropOffset.x, camera.cropOffset.y])
     }
 
-    /// Reads `[frame, 0..<channels, :, :, 0..<samples]` (or without the sample axis) into `raw`.
-    private func read(_ array: ZarrArray, frame: Int, channels: Int, samples: Int?) throws(DecodeError) {
+    /// Reads `[frame, 0..<channels, :, :, 0..<samples]` (or without the sample axis) of `array`, orients
+    /// it and converts each element into `destination` (`[channels, crop, crop, samples]`).
+    ///
+    /// When chunks span whole crop windows (Sample Training Format v1 chunks per frame and every few
+    /// samples), each chunk is gathered straight from its decoded buffer: one pass over the data. Any
+    /// other chunking reads the region first.
+    private func gather<Conversion: SampleConversion>(
+        _ array: ZarrArray, frame: Int, channels: Int, perSample: Bool, _ flipRotate: FlipRotate,
+        _ destination: UnsafeMutablePointer<Conversion.Destination>, _ conversion: Conversion.Type
+    ) throws(DecodeError) {
+        let inner = perSample ? samples : 1
         var region = [frame..<(frame + 1), 0..<channels, 0..<crop, 0..<crop]
-        if let samples { region.append(0..<samples) }
-        let bytes = array.byteCount(of: region)
+        if perSample { region.append(0..<samples) }
+        let chunks = array.metadata.chunks
         do {
-            try array.read(region, into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<bytes]))
-        } catch {
+            guard chunks[2] == crop, chunks[3] == crop else {
+                let bytes = array.byteCount(of: region)
+                try array.read(region, into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<bytes]))
+                Gather.oriented(
+                    raw.baseAddress!.assumingMemoryBound(to: Conversion.Source.self), destination, channels: channels, side: crop,
+                    inner: inner, flipRotate, convert: Conversion.convert)
+                return
+            }
+            let chunkChannels = chunks[1]
+            let chunkInner = perSample ? chunks[4] : 1
+            try array.forEachChunk(intersecting: region) { origin, chunk in
+                let framePlane = chunkChannels * crop * crop * chunkInner
+                let source = chunk.baseAddress!.assumingMemoryBound(to: Conversion.Source.self) + (frame - origin[0]) * framePlane
+                Gather.orientedChunk(
+                    source, chunkChannels: min(chunkChannels, channels - origin[1]), chunkInner: chunkInner,
+                    validInner: min(chunkInner, inner - (perSample ? origin[4] : 0)),
+                    into: destination + origin[1] * crop * crop * inner + (perSample ? origin[4] : 0),
+                    inner: inner, side: crop, flipRotate, Conversion.self)
+            }
+        } catch let error as ZarrError {
             throw .storage(error)
+        } catch {
+            throw .layout(file: array.file, array: array.name, reason: "\(error)")
         }
     }
 
@@ -156,12 +184,10 @@ public final class FrameDecoder {
         into destination: UnsafeMutablePointer<Float>, perSample: Bool = true
     ) throws(DecodeError) {
         let array = try file.array(name, channels: channels, crop: crop, samples: perSample ? samples : nil, types: ["<f4", "<f2"])
-        try read(array, frame: frame, channels: channels, samples: perSample ? samples : nil)
-        let inner = perSample ? samples : 1
         if array.dataType.itemSize == 4 {
-            Gather.oriented(raw.baseAddress!.assumingMemoryBound(to: Float.self), destination, channels: channels, side: crop, inner: inner, flipRotate) { $0 }
+            try gather(array, frame: frame, channels: channels, perSample: perSample, flipRotate, destination, Copy<Float>.self)
         } else {
-            Gather.oriented(raw.baseAddress!.assumingMemoryBound(to: Float16.self), destination, channels: channels, side: crop, inner: inner, flipRotate) { Float($0) }
+            try gather(array, frame: frame, channels: channels, perSample: perSample, flipRotate, destination, HalfToFloat.self)
         }
     }
 }

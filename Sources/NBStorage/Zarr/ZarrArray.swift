@@ -81,6 +81,59 @@ public final class ZarrArray {
         }
     }
 
+    /// Calls `body` with each chunk that intersects `region`, decoded (missing chunks filled with the
+    /// fill value), and the grid coordinates of its first element. The buffer is the array's reused scratch
+    /// chunk: valid only during the call. For callers that transform while they copy (one pass instead of
+    /// a region read followed by a second pass).
+    public func forEachChunk(intersecting region: [Range<Int>], _ body: (_ origin: [Int], _ chunk: UnsafeRawBufferPointer) throws -> Void) throws {
+        try check(region)
+        if region.contains(where: { $0.isEmpty }) { return }
+        let chunks = metadata.chunks
+        let first = region.indices.map { region[$0].lowerBound / chunks[$0] }
+        let last = region.indices.map { (region[$0].upperBound - 1) / chunks[$0] }
+        let buffer = scratchBuffer()
+        let whole = BlockCopy(
+            itemSize: dataType.itemSize, extent: chunks, sourceShape: chunks, sourceOrigin: chunks.map { _ in 0 },
+            destinationShape: chunks, destinationOrigin: chunks.map { _ in 0 })
+        var index = first
+        while true {
+            if try !decode(key: chunkKey(index), into: buffer) { whole.fill(buffer, with: metadata.fillBytes) }
+            try body(zip(index, chunks).map { $0 * $1 }, UnsafeRawBufferPointer(buffer))
+            var d = index.count - 1
+            while d >= 0 {
+                index[d] += 1
+                if index[d] <= last[d] { break }
+                index[d] = first[d]
+                d -= 1
+            }
+            if d < 0 { return }
+        }
+    }
+
+    /// Decodes every chunk that intersects `region` into the scratch buffer and nothing more: the
+    /// decompression floor of a region read, for benchmarks. Returns the decoded byte count.
+    public func decodeChunks(intersecting region: [Range<Int>]) throws(ZarrError) -> Int {
+        try check(region)
+        if region.contains(where: { $0.isEmpty }) { return 0 }
+        let chunks = metadata.chunks
+        let first = region.indices.map { region[$0].lowerBound / chunks[$0] }
+        let last = region.indices.map { (region[$0].upperBound - 1) / chunks[$0] }
+        let buffer = scratchBuffer()
+        var index = first
+        var decoded = 0
+        while true {
+            if try decode(key: chunkKey(index), into: buffer) { decoded += buffer.count }
+            var d = index.count - 1
+            while d >= 0 {
+                index[d] += 1
+                if index[d] <= last[d] { break }
+                index[d] = first[d]
+                d -= 1
+            }
+            if d < 0 { return decoded }
+        }
+    }
+
     /// Decodes every stored chunk and reports each one that fails, without stopping at the first.
     public func verify() throws(ZarrError) -> [ZarrError] {
         var failures: [ZarrError] = []

@@ -1,0 +1,90 @@
+import Foundation
+import NBStorage
+
+/// Single-thread decode throughput along a loader plan, beside its floor: decompressing the chunks the
+/// same frames need and writing the output bytes once.
+public struct DecodeBenchmark {
+    public struct Result: Sendable {
+        public let frames: Int
+        public let seconds: Double
+        public let outputBytes: Int
+        public let floorSeconds: Double
+
+        public var framesPerSecond: Double { Double(frames) / seconds }
+        public var megabytesPerSecond: Double { Double(outputBytes) / seconds / 1e6 }
+        public var floorFramesPerSecond: Double { Double(frames) / floorSeconds }
+        /// How many times slower than the floor the full decode is.
+        public var timesFloor: Double { seconds / floorSeconds }
+    }
+
+    public let config: LoaderConfig
+    public let sampler: VideoSampler
+
+    public init(config: LoaderConfig, sampler: VideoSampler) {
+        self.config = config
+        self.sampler = sampler
+    }
+
+    /// The frames to decode: the plan's batches (epoch after epoch) flattened to (sequence, frame,
+    /// orientation), `count` of them.
+    public func frames(_ count: Int, epoch: Int) throws -> [(sequence: Int, frame: Int, orientation: Int)] {
+        var frames: [(Int, Int, Int)] = []
+        var current = epoch
+        while frames.count < count {
+            let plans = try sampler.batches(epoch: current)
+            guard !plans.isEmpty else { throw DecodeError.layout(file: config.file, array: "", reason: "the plan has no batches") }
+            for plan in plans {
+                for slot in plan.sequences.indices where frames.count < count {
+                    frames.append((plan.sequences[slot], plan.frameIndex, plan.orientations[slot]))
+                }
+            }
+            current += 1
+        }
+        return frames
+    }
+
+    /// Decodes `count` frames (after one untimed warm-up pass that opens every file), then measures
+    /// the floor on the same frames.
+    public func run(frames count: Int, epoch: Int = 0) throws -> Result {
+        let work = try frames(count, epoch: epoch)
+        let decoder = FrameDecoder(config: config, batchSize: 1)
+        let batch = UnsafeMutableRawBufferPointer.allocate(byteCount: decoder.layout.byteCount, alignment: 64)
+        defer { batch.deallocate() }
+        for item in work { _ = try decoder.file(item.sequence) }
+
+        let start = DispatchTime.now().uptimeNanoseconds
+        for item in work {
+            try decoder.decode(sequence: item.sequence, frame: item.frame, orientation: item.orientation, into: batch, slot: 0)
+        }
+        let decodeSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+
+        let floorStart = DispatchTime.now().uptimeNanoseconds
+        for item in work {
+            let group = try decoder.file(item.sequence).group
+            for (name, channels, perSample) in neededArrays(frame: item.frame) {
+                let array = try group.array(name)
+                var region = [item.frame..<(item.frame + 1), 0..<channels, 0..<config.source.crop, 0..<config.source.crop]
+                if perSample { region.append(0..<config.samples) }
+                _ = try array.decodeChunks(intersecting: region)
+            }
+            batch.initializeMemory(as: UInt8.self, repeating: UInt8(truncatingIfNeeded: item.frame))
+        }
+        let floorSeconds = Double(DispatchTime.now().uptimeNanoseconds - floorStart) / 1e9
+        return Result(frames: count, seconds: decodeSeconds, outputBytes: count * decoder.layout.byteCount, floorSeconds: floorSeconds)
+    }
+
+    /// The per-pixel arrays a frame's requested buffers read (as `FrameDecoder` reads them).
+    private func neededArrays(frame: Int) -> [(String, Int, Bool)] {
+        let wanted = Set(config.buffers)
+        var arrays: [(String, Int, Bool)] = []
+        if wanted.contains(.w_normal) || wanted.contains(.normal) { arrays.append(("normal", 3, true)) }
+        if wanted.contains(.w_position) || wanted.contains(.depth) || (wanted.contains(.motion) && frame > 0) {
+            arrays.append(("position", 3, true))
+        }
+        if (wanted.contains(.w_motion) || wanted.contains(.motion)) && frame > 0 { arrays.append(("motion", 3, true)) }
+        if wanted.contains(.color) { arrays.append(("color", 4, true)) }
+        if wanted.contains(.diffuse) { arrays.append(("diffuse", 3, true)) }
+        if wanted.contains(.reference) { arrays.append(("reference", 3, false)) }
+        return arrays
+    }
+}
