@@ -14,13 +14,10 @@ public final class FrameDecoder {
     private let samples: Int
     private let wanted: Set<BufferName>
     private var files: [Int: SequenceFile] = [:]
-    /// Raw region reads, sized for the largest per-pixel array.
-    private let raw: UnsafeMutableRawBufferPointer
-    /// Oriented float32 planes `[3, crop, crop, samples]` for inputs that are not themselves outputs.
-    private let normalPlane: UnsafeMutablePointer<Float>
-    private let positionPlane: UnsafeMutablePointer<Float>
-    private let motionPlane: UnsafeMutablePointer<Float>
-    private let rgbePlane: UnsafeMutablePointer<UInt8>
+    /// Region reads for chunkings that do not span whole crop windows; two, because position and motion
+    /// are read together.
+    private let rawA: UnsafeMutableRawBufferPointer
+    private let rawB: UnsafeMutableRawBufferPointer
 
     public init(config: LoaderConfig, batchSize: Int) {
         self.config = config
@@ -28,21 +25,14 @@ public final class FrameDecoder {
         samples = config.samples
         wanted = Set(config.buffers)
         layout = BatchLayout(buffers: config.buffers, batchSize: batchSize, crop: crop, samples: samples)
-        let plane = 3 * crop * crop * samples
-        // 4 channels of up to 8-byte items covers every array read (RGBE has 4 one-byte channels).
-        raw = .allocate(byteCount: 4 * crop * crop * samples * 8, alignment: 64)
-        normalPlane = .allocate(capacity: plane)
-        positionPlane = .allocate(capacity: plane)
-        motionPlane = .allocate(capacity: plane)
-        rgbePlane = .allocate(capacity: 4 * crop * crop * samples)
+        // 4 channels of up to 4-byte items covers every per-pixel array (RGBE has 4 one-byte channels).
+        rawA = .allocate(byteCount: 4 * crop * crop * samples * 4, alignment: 64)
+        rawB = .allocate(byteCount: 4 * crop * crop * samples * 4, alignment: 64)
     }
 
     deinit {
-        raw.deallocate()
-        normalPlane.deallocate()
-        positionPlane.deallocate()
-        motionPlane.deallocate()
-        rgbePlane.deallocate()
+        rawA.deallocate()
+        rawB.deallocate()
     }
 
     /// The open sequence file of global sequence `index`.
@@ -68,58 +58,91 @@ public final class FrameDecoder {
             (batch.baseAddress! + spec.offset).storeBytes(of: Int64(frame).littleEndian, as: Int64.self)
         }
 
-        let count = 3 * crop * crop * samples
+        let all = 0..<samples
+        let height = source.renderingHeight, width = source.renderingWidth
         if wanted.contains(.w_normal) || wanted.contains(.normal) {
-            let destination = wanted.contains(.w_normal) ? output(.w_normal, batch, slot) : normalPlane
-            try gatherFloat(file, "normal", frame: frame, channels: 3, flipRotate, into: destination)
-            if wanted.contains(.normal) {
-                Kernels.screenSpaceNormal(destination, count: count / 3, camera: camera, into: output(.normal, batch, slot))
-            }
-        }
-        let needsPosition = wanted.contains(.w_position) || wanted.contains(.depth) || (wanted.contains(.motion) && frame > 0)
-        var position = positionPlane
-        if needsPosition {
-            if wanted.contains(.w_position) { position = output(.w_position, batch, slot) }
-            try gatherFloat(file, "position", frame: frame, channels: 3, flipRotate, into: position)
-        }
-        if wanted.contains(.w_motion) || wanted.contains(.motion) {
-            let worldMotion = wanted.contains(.w_motion) ? output(.w_motion, batch, slot) : motionPlane
-            if frame > 0 {
-                try gatherFloat(file, "motion", frame: frame, channels: 3, flipRotate, into: worldMotion)
-                if wanted.contains(.motion) {
-                    Kernels.motionVectors(
-                        position: position, worldMotion: worldMotion, count: count / 3, current: camera.viewProjection,
-                        previous: previous.viewProjection, height: source.renderingHeight, width: source.renderingWidth,
-                        into: output(.motion, batch, slot))
+            let array = try file.array("normal", channels: 3, crop: crop, samples: samples, types: ["<f4", "<f2"])
+            let worldNormal = wanted.contains(.w_normal) ? plane(.w_normal, batch, slot) : nil
+            let normal = wanted.contains(.normal) ? plane(.normal, batch, slot) : nil
+            if array.dataType.itemSize == 2 {
+                try withSlabs(array, frame: frame, channels: 3, samples: all, rawA, as: UInt16.self) { slab in
+                    Fused.normal(slab, HalfToFloat.self, worldNormal: worldNormal, normal: normal, camera: camera, side: crop, flipRotate)
                 }
             } else {
-                // Frame 0 has no previous frame: noisebase yields zeros for both.
-                if wanted.contains(.w_motion) { worldMotion.initialize(repeating: 0, count: count) }
-                if wanted.contains(.motion) { output(.motion, batch, slot).initialize(repeating: 0, count: count / 3 * 2) }
+                try withSlabs(array, frame: frame, channels: 3, samples: all, rawA, as: Float.self) { slab in
+                    Fused.normal(slab, Copy<Float>.self, worldNormal: worldNormal, normal: normal, camera: camera, side: crop, flipRotate)
+                }
             }
         }
-        if wanted.contains(.depth) {
-            Kernels.logDepth(position, count: count / 3, camera: camera.position, into: output(.depth, batch, slot))
+
+        let worldPosition = wanted.contains(.w_position) ? plane(.w_position, batch, slot) : nil
+        let depth = wanted.contains(.depth) ? plane(.depth, batch, slot) : nil
+        let worldMotion = wanted.contains(.w_motion) ? plane(.w_motion, batch, slot) : nil
+        let screenMotion = wanted.contains(.motion) ? plane(.motion, batch, slot) : nil
+        if frame == 0 {
+            // Frame 0 has no previous frame: noisebase yields zeros for both motions.
+            worldMotion?.base.initialize(repeating: 0, count: 3 * crop * crop * samples)
+            screenMotion?.base.initialize(repeating: 0, count: 2 * crop * crop * samples)
         }
+        let needsMotion = frame > 0 && (worldMotion != nil || screenMotion != nil)
+        let needsPosition = worldPosition != nil || depth != nil || (frame > 0 && screenMotion != nil)
+        if needsPosition {
+            let positions = try file.array("position", channels: 3, crop: crop, samples: samples, types: ["<f4"])
+            let motions = needsMotion ? try file.array("motion", channels: 3, crop: crop, samples: samples, types: ["<f4"]) : nil
+            try withSlabs(positions, frame: frame, channels: 3, samples: all, rawA, as: Float.self) { position in
+                guard let motions else {
+                    Fused.positionMotion(
+                        position: position, motion: nil, worldPosition: worldPosition, worldMotion: nil, depth: depth,
+                        screenMotion: nil, camera: camera, previous: previous, height: height, width: width, side: crop, flipRotate)
+                    return
+                }
+                let range = position.sampleOrigin..<(position.sampleOrigin + position.count)
+                try withSlabs(motions, frame: frame, channels: 3, samples: range, rawB, as: Float.self) { motion in
+                    Fused.positionMotion(
+                        position: position.samples(from: motion.sampleOrigin, count: motion.count), motion: motion,
+                        worldPosition: worldPosition, worldMotion: worldMotion, depth: depth, screenMotion: screenMotion,
+                        camera: camera, previous: previous, height: height, width: width, side: crop, flipRotate)
+                }
+            }
+        } else if needsMotion, let worldMotion {
+            let motions = try file.array("motion", channels: 3, crop: crop, samples: samples, types: ["<f4"])
+            try withSlabs(motions, frame: frame, channels: 3, samples: all, rawB, as: Float.self) { motion in
+                Fused.copy(motion, Copy<Float>.self, channels: 3, into: worldMotion, side: crop, flipRotate)
+            }
+        }
+
         if wanted.contains(.color) {
             let exposure = try file.exposure(frame)
             let array = try file.array("color", channels: 4, crop: crop, samples: samples, types: ["|u1"])
-            try gather(array, frame: frame, channels: 4, perSample: true, flipRotate, rgbePlane, Copy<UInt8>.self)
-            Kernels.decompressRGBE(rgbePlane, count: count / 3, exposure: exposure, into: output(.color, batch, slot))
+            let color = plane(.color, batch, slot)
+            try withSlabs(array, frame: frame, channels: 4, samples: all, rawA, as: UInt8.self) { slab in
+                Fused.color(slab, exposure: exposure, into: color, side: crop, flipRotate)
+            }
         }
-        if wanted.contains(.diffuse) {
-            try gatherFloat(file, "diffuse", frame: frame, channels: 3, flipRotate, into: output(.diffuse, batch, slot))
-        }
-        if wanted.contains(.reference) {
-            try gatherFloat(file, "reference", frame: frame, channels: 3, flipRotate, into: output(.reference, batch, slot), perSample: false)
+        for (buffer, name, perSample) in [(BufferName.diffuse, "diffuse", true), (.reference, "reference", false)] where wanted.contains(buffer) {
+            let array = try file.array(name, channels: 3, crop: crop, samples: perSample ? samples : nil, types: ["<f4", "<f2"])
+            let target = plane(buffer, batch, slot, inner: perSample ? samples : 1)
+            let range = perSample ? all : nil
+            if array.dataType.itemSize == 2 {
+                try withSlabs(array, frame: frame, channels: 3, samples: range, rawA, as: UInt16.self) { slab in
+                    Fused.copy(slab, HalfToFloat.self, channels: 3, into: target, side: crop, flipRotate)
+                }
+            } else {
+                try withSlabs(array, frame: frame, channels: 3, samples: range, rawA, as: Float.self) { slab in
+                    Fused.copy(slab, Copy<Float>.self, channels: 3, into: target, side: crop, flipRotate)
+                }
+            }
         }
     }
 
     // MARK: - Pieces
 
-    private func output(_ buffer: BufferName, _ batch: UnsafeMutableRawBufferPointer, _ slot: Int) -> UnsafeMutablePointer<Float> {
+    /// The batch slot of `buffer` as a channel-major plane with `inner` elements per pixel.
+    private func plane(_ buffer: BufferName, _ batch: UnsafeMutableRawBufferPointer, _ slot: Int, inner: Int? = nil) -> Plane {
         let spec = layout.tensor(buffer.rawValue)!
-        return (batch.baseAddress! + spec.offset + slot * spec.slotByteCount).assumingMemoryBound(to: Float.self)
+        let base = (batch.baseAddress! + spec.offset + slot * spec.slotByteCount).assumingMemoryBound(to: Float.self)
+        let perPixel = inner ?? samples
+        return Plane(base: base, channelStride: crop * crop * perPixel, pixelStride: perPixel)
     }
 
     private func write(_ camera: Camera, prefix: String, _ batch: UnsafeMutableRawBufferPointer, _ slot: Int) {
@@ -137,57 +160,49 @@ public final class FrameDecoder {
         store("crop_offset", [camera.cropOffset.x, camera.cropOffset.y])
     }
 
-    /// Reads `[frame, 0..<channels, :, :, 0..<samples]` (or without the sample axis) of `array`, orients
-    /// it and converts each element into `destination` (`[channels, crop, crop, samples]`).
+    /// Calls `body` with slabs that together hold `[frame, 0..<channels, :, :, samples]` of `array`
+    /// (no sample axis when `samples` is nil).
     ///
-    /// When chunks span whole crop windows (Sample Training Format v1 chunks per frame and every few
-    /// samples), each chunk is gathered straight from its decoded buffer: one pass over the data. Any
-    /// other chunking reads the region first.
-    private func gather<Conversion: SampleConversion>(
-        _ array: ZarrArray, frame: Int, channels: Int, perSample: Bool, _ flipRotate: FlipRotate,
-        _ destination: UnsafeMutablePointer<Conversion.Destination>, _ conversion: Conversion.Type
+    /// When chunks span whole crop windows and all channels (Sample Training Format v1 chunks per frame
+    /// and every 4 samples), each slab is a decoded chunk: the data is read once, from the chunk. Other
+    /// chunkings read the region into `scratch` first.
+    private func withSlabs<Element>(
+        _ array: ZarrArray, frame: Int, channels: Int, samples: Range<Int>?, _ scratch: UnsafeMutableRawBufferPointer,
+        as: Element.Type, _ body: (Slab<Element>) throws -> Void
     ) throws(DecodeError) {
-        let inner = perSample ? samples : 1
         var region = [frame..<(frame + 1), 0..<channels, 0..<crop, 0..<crop]
-        if perSample { region.append(0..<samples) }
+        if let samples { region.append(samples) }
         let chunks = array.metadata.chunks
+        let pixels = crop * crop
         do {
-            guard chunks[2] == crop, chunks[3] == crop else {
+            guard chunks[1] >= channels, chunks[2] == crop, chunks[3] == crop else {
                 let bytes = array.byteCount(of: region)
-                try array.read(region, into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<bytes]))
-                Gather.oriented(
-                    raw.baseAddress!.assumingMemoryBound(to: Conversion.Source.self), destination, channels: channels, side: crop,
-                    inner: inner, flipRotate, convert: Conversion.convert)
+                try array.read(region, into: UnsafeMutableRawBufferPointer(rebasing: scratch[0..<bytes]))
+                let count = samples?.count ?? 1
+                try body(Slab(
+                    base: UnsafePointer(scratch.baseAddress!.assumingMemoryBound(to: Element.self)),
+                    channelStride: pixels * count, pixelStride: count, sampleOrigin: samples?.lowerBound ?? 0, count: count))
                 return
             }
-            let chunkChannels = chunks[1]
-            let chunkInner = perSample ? chunks[4] : 1
+            let chunkInner = samples == nil ? 1 : chunks[4]
             try array.forEachChunk(intersecting: region) { origin, chunk in
-                let framePlane = chunkChannels * crop * crop * chunkInner
-                let source = chunk.baseAddress!.assumingMemoryBound(to: Conversion.Source.self) + (frame - origin[0]) * framePlane
-                Gather.orientedChunk(
-                    source, chunkChannels: min(chunkChannels, channels - origin[1]), chunkInner: chunkInner,
-                    validInner: min(chunkInner, inner - (perSample ? origin[4] : 0)),
-                    into: destination + origin[1] * crop * crop * inner + (perSample ? origin[4] : 0),
-                    inner: inner, side: crop, flipRotate, Conversion.self)
+                let framePlane = chunks[1] * pixels * chunkInner
+                var base = chunk.baseAddress!.assumingMemoryBound(to: Element.self) + (frame - origin[0]) * framePlane
+                var first = 0
+                var count = 1
+                if let samples {
+                    first = max(origin[4], samples.lowerBound)
+                    count = min(origin[4] + chunkInner, samples.upperBound) - first
+                    base += first - origin[4]
+                }
+                try body(Slab(base: base, channelStride: pixels * chunkInner, pixelStride: chunkInner, sampleOrigin: first, count: count))
             }
         } catch let error as ZarrError {
             throw .storage(error)
+        } catch let error as DecodeError {
+            throw error
         } catch {
             throw .layout(file: array.file, array: array.name, reason: "\(error)")
-        }
-    }
-
-    /// Reads a float16/float32 per-pixel array, orients it and converts it to float32 in `destination`.
-    private func gatherFloat(
-        _ file: SequenceFile, _ name: String, frame: Int, channels: Int, _ flipRotate: FlipRotate,
-        into destination: UnsafeMutablePointer<Float>, perSample: Bool = true
-    ) throws(DecodeError) {
-        let array = try file.array(name, channels: channels, crop: crop, samples: perSample ? samples : nil, types: ["<f4", "<f2"])
-        if array.dataType.itemSize == 4 {
-            try gather(array, frame: frame, channels: channels, perSample: perSample, flipRotate, destination, Copy<Float>.self)
-        } else {
-            try gather(array, frame: frame, channels: channels, perSample: perSample, flipRotate, destination, HalfToFloat.self)
         }
     }
 }
