@@ -49,7 +49,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "NBStorageTests", dependencies: ["NBStorage"]),
-        .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader"]),
+        .target(name: "NBTestSupport", path: "Tests/NBTestSupport"),
+        .testTarget(name: "NBStorageTests", dependencies: ["NBStorage", "NBTestSupport"]),
+        .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader", "NBTestSupport"]),
     ]
 )

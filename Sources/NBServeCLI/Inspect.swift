@@ -28,7 +28,7 @@ extension NBServe {
         @Option(help: ArgumentHelp("Write the array, decoded, to this .npy file (NumPy format 1.0, little-endian, C order).", valueName: "file"))
         var npy: String?
 
-        @Option(help: ArgumentHelp("Export only this NumPy-style selection, e.g. '3,:,0:64,0:64' (an index drops its axis).", valueName: "selection"))
+        @Option(parsing: .unconditional, help: ArgumentHelp("Export only this NumPy-style selection, e.g. '3,:,0:64,0:64' (an index drops its axis).", valueName: "selection"))
         var region: String?
 
         func validate() throws {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// The `nb-serve` command: one subcommand per file, each a thin layer over the library modules.
 @main
@@ -12,4 +13,19 @@ struct NBServe: ParsableCommand {
             """,
         subcommands: [Inspect.self, Plan.self, Dump.self, Bench.self]
     )
+
+    /// ArgumentParser exits 64 (EX_USAGE) on a command-line error; nb-serve documents 2 for every
+    /// usage or configuration error, so map it.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            if exitCode(for: error) == .validationFailure {
+                printError(fullMessage(for: error))
+                Foundation.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
 }

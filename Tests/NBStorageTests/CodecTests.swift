@@ -1,4 +1,5 @@
 import Foundation
+import NBTestSupport
 import XCTest
 @testable import NBStorage
 

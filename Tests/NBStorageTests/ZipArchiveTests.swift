@@ -1,3 +1,4 @@
+import NBTestSupport
 import XCTest
 @testable import NBStorage
 

@@ -13,7 +13,14 @@ public enum JSONValue: Codable, Sendable, Equatable, CustomStringConvertible {
         let container = try decoder.singleValueContainer()
         if container.decodeNil() { self = .null }
         else if let value = try? container.decode(Bool.self) { self = .bool(value) }
-        else if let value = try? container.decode(Int64.self) { self = .int(value) }
+        else if let value = try? container.decode(Int64.self) {
+            // "-0.0" also decodes as the integer 0; keep its sign (a float fill value of -0.0).
+            if value == 0, let number = try? container.decode(Double.self), number.sign == .minus {
+                self = .double(number)
+            } else {
+                self = .int(value)
+            }
+        }
         else if let value = try? container.decode(UInt64.self) { self = .uint(value) }
         else if let value = try? container.decode(Double.self) { self = .double(value) }
         else if let value = try? container.decode(String.self) { self = .string(value) }

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 
 /// A Zarr v2 group opened from a ZIP file or a directory, with its arrays found by their `.zarray` keys.
@@ -42,7 +43,26 @@ public final class ZarrGroup {
             if key == ".zarray" { names.append("") } else if key.hasSuffix("/.zarray") { names.append(String(key.dropLast(8))) }
         }
         guard hasGroup || !names.isEmpty else { throw .notAGroup(file: store.path) }
+        if hasGroup { try Self.checkGroupMetadata(store) }
         arrayNames = names.sorted()
+    }
+
+    /// `.zgroup` must be a JSON object with `"zarr_format": 2`, as zarr-python requires.
+    private static func checkGroupMetadata(_ store: any ZarrStore) throws(ZarrError) {
+        struct GroupMetadata: Decodable { let zarr_format: Int }
+        let format: Int?
+        do {
+            format = try store.withContents(of: ".zgroup", verifyChecksum: true) { bytes in
+                try JSONDecoder().decode(GroupMetadata.self, from: Data(bytes)).zarr_format
+            }
+        } catch let error as ZipError {
+            throw .store(file: store.path, reason: stripFile(error.description, store.path))
+        } catch {
+            throw .store(file: store.path, reason: "invalid .zgroup (not a JSON object with zarr_format): \(error)")
+        }
+        guard format == 2 else {
+            throw .store(file: store.path, reason: "unsupported .zgroup zarr_format \(format.map(String.init) ?? "missing") (only Zarr v2 is read)")
+        }
     }
 
     /// The array at `name`, opened once and cached.

@@ -14,6 +14,8 @@ public final class ZipArchive {
         public let uncompressedSize: Int
         /// Offset of the entry's data (after its local header), checked to lie inside the file.
         let dataOffset: Int
+        /// Position in `names`, indexing `checksummed`.
+        let index: Int
     }
 
     public let path: String
@@ -21,6 +23,9 @@ public final class ZipArchive {
     /// Entry names in central-directory order.
     public private(set) var names: [String] = []
     private let file: MappedFile
+    /// Entries whose CRC-32 has been checked: each entry is checked on its first read only, so a
+    /// damaged entry never yields data and repeated reads (every epoch) cost nothing extra.
+    private var checksummed: [Bool] = []
 
     /// Deflate cannot expand data by more than about 1032:1, so a larger claimed size is a lie and
     /// must not size an allocation.
@@ -33,8 +38,8 @@ public final class ZipArchive {
     }
 
     /// Calls `body` with the entry's uncompressed bytes; returns nil when there is no such entry.
-    /// For stored entries the bytes are the mapping itself. `verifyChecksum` also checks CRC-32 of stored
-    /// entries (deflated ones are always checked, the cost hides behind inflating).
+    /// For stored entries the bytes are the mapping itself. CRC-32 is checked on an entry's first read
+    /// (and on every read with `verifyChecksum`); deflated entries are checked on every read.
     public func withContents<R>(
         of name: String, verifyChecksum: Bool = false, _ body: (UnsafeRawBufferPointer) throws -> R
     ) throws -> R? {
@@ -44,7 +49,10 @@ public final class ZipArchive {
         }
         switch entry.method {
         case 0:
-            if verifyChecksum { try checkCRC(entry, data) }
+            if verifyChecksum || !checksummed[entry.index] {
+                try checkCRC(entry, data)
+                checksummed[entry.index] = true
+            }
             return try body(data)
         case 8:
             var output = [UInt8](repeating: 0, count: entry.uncompressedSize)
@@ -116,8 +124,15 @@ public final class ZipArchive {
             let (entry, next) = try readCentralHeader(directoryReader, at: cursor, index: index)
             cursor = next
             if entry.name.hasSuffix("/") { continue }
-            if entries.updateValue(entry, forKey: entry.name) == nil { names.append(entry.name) }
+            // A rewritten key appears twice (zipfile appends); the last central-directory entry wins.
+            if let earlier = entries[entry.name] {
+                entries[entry.name] = entry.withIndex(earlier.index)
+            } else {
+                entries[entry.name] = entry.withIndex(names.count)
+                names.append(entry.name)
+            }
         }
+        checksummed = [Bool](repeating: false, count: names.count)
     }
 
     private func findEndOfCentralDirectory(_ reader: ByteReader) throws(ZipError) -> Int {
@@ -195,7 +210,7 @@ public final class ZipArchive {
         }
         let entry = Entry(
             name: name, method: method, crc32: crc, compressedSize: Int(compressedSize),
-            uncompressedSize: Int(uncompressedSize), dataOffset: dataOffset)
+            uncompressedSize: Int(uncompressedSize), dataOffset: dataOffset, index: 0)
         return (entry, offset + 46 + Int(nameLength) + Int(extraLength) + Int(commentLength))
     }
 
@@ -255,5 +270,12 @@ public final class ZipArchive {
         } catch let reason {
             throw ZipError.corrupt(file: path, entry: entry.name, reason: "deflate data: \(reason.message)")
         }
+    }
+}
+
+extension ZipArchive.Entry {
+    func withIndex(_ index: Int) -> Self {
+        .init(name: name, method: method, crc32: crc32, compressedSize: compressedSize,
+              uncompressedSize: uncompressedSize, dataOffset: dataOffset, index: index)
     }
 }

@@ -1,0 +1,101 @@
+import Foundation
+import NBTestSupport
+import XCTest
+@testable import NBLoader
+
+/// The building blocks of frame decoding, against numpy and noisebase's own functions.
+final class DecodeTests: XCTestCase {
+    /// Every float16 bit pattern widens exactly as numpy's `astype(np.float32)`.
+    func testHalfToFloatMatchesNumpyForAllBitPatterns() throws {
+        let output = try PythonOracle.run("""
+            import sys, numpy as np
+            sys.stdout.buffer.write(np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32).tobytes())
+            """)
+        XCTAssertEqual(output.count, 65536 * 4)
+        output.withUnsafeBytes { raw in
+            for bits in stride(from: 0, to: 65536, by: 4) {
+                let halves = SIMD4<UInt32>(UInt32(bits), UInt32(bits + 1), UInt32(bits + 2), UInt32(bits + 3))
+                let widened = unsafeBitCast(HalfToFloat.widen(halves), to: SIMD4<UInt32>.self)
+                for lane in 0..<4 {
+                    let expected = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: (bits + lane) * 4, as: UInt32.self))
+                    if widened[lane] != expected {
+                        XCTFail("half 0x\(String(bits + lane, radix: 16)): got 0x\(String(widened[lane], radix: 16)), numpy 0x\(String(expected, radix: 16))")
+                        return
+                    }
+                }
+            }
+        }
+    }
+
+    /// `FlipRotate.sourceRow` and `cropOffset` reproduce noisebase's `apply_array` and `apply_camera`
+    /// offsets for all 8 orientations.
+    func testFlipRotateMatchesNoisebase() throws {
+        let n = 5, height = 13, width = 20
+        let output = try PythonOracle.run("""
+            import sys, numpy as np, importlib.util
+            spec = importlib.util.find_spec("noisebase")
+            path = spec.submodule_search_locations[0] + "/projective.py"
+            module_spec = importlib.util.spec_from_file_location("nb_projective", path)
+            projective = importlib.util.module_from_spec(module_spec); module_spec.loader.exec_module(projective)
+            n, h, w = \(n), \(height), \(width)
+            index = np.arange(n * n, dtype=np.int64).reshape(1, n, n)
+            for o in range(8):
+                f = projective.FlipRotate(o, h, w, n)
+                out = f.apply_array(index.copy())
+                z = np.zeros(3, np.float32); up = np.array([0, 1, 0], np.float32)
+                _, _, _, _, offset, _ = f.apply_camera(np.array([0, 0, 1], np.float32), up, z, np.eye(4, dtype=np.float32), np.array([3, 7], np.int32))
+                print(o, *out.ravel(), *np.asarray(offset).ravel())
+            """)
+        let lines = String(decoding: output, as: UTF8.self).split(separator: "\n")
+        XCTAssertEqual(lines.count, 8)
+        for line in lines {
+            let fields = line.split(separator: " ").compactMap { Int($0) }
+            let orientation = fields[0]
+            let expected = Array(fields[1...(n * n)])
+            let flipRotate = FlipRotate(orientation: orientation, height: height, width: width, window: n)
+            var actual: [Int] = []
+            for i in 0..<n {
+                let (start, step) = flipRotate.sourceRow(i)
+                for j in 0..<n { actual.append(start + j * step) }
+            }
+            XCTAssertEqual(actual, expected, "orientation \(orientation)")
+            let offset = flipRotate.cropOffset((3, 7))
+            XCTAssertEqual([offset.0, offset.1], Array(fields[(n * n + 1)...]), "crop_offset, orientation \(orientation)")
+        }
+    }
+
+    /// `Camera` from `StoredCamera.applying` equals noisebase's `apply_camera` (basis, offset and the
+    /// view-projection matrix) on random cameras, all orientations.
+    func testApplyCameraMatchesNoisebase() throws {
+        let output = try PythonOracle.run("""
+            import numpy as np, importlib.util
+            spec = importlib.util.find_spec("noisebase")
+            module_spec = importlib.util.spec_from_file_location("nb_projective", spec.submodule_search_locations[0] + "/projective.py")
+            projective = importlib.util.module_from_spec(module_spec); module_spec.loader.exec_module(projective)
+            rng = np.random.default_rng(3)
+            for case in range(40):
+                target, up, pos = (rng.normal(size=3).astype(np.float32) * 5 for _ in range(3))
+                p = rng.normal(size=(4, 4)).astype(np.float32)
+                offset = rng.integers(0, 200, size=2).astype(np.int32)
+                o = case % 8
+                W, V, U, _, off, pv = projective.FlipRotate(o, 1080, 1920, 256).apply_camera(target, up, pos, p, offset.copy())
+                values = [o, *target, *up, *pos, *p.ravel(), *offset, *W, *V, *U, *np.asarray(off).ravel(), *pv.ravel()]
+                print(" ".join(repr(float(v)) for v in values))
+            """)
+        for line in String(decoding: output, as: UTF8.self).split(separator: "\n") {
+            let v = line.split(separator: " ").map { Float(Double($0)!) }
+            func vector(_ at: Int) -> SIMD3<Float> { SIMD3(v[at], v[at + 1], v[at + 2]) }
+            let stored = StoredCamera(
+                target: vector(1), up: vector(4), position: vector(7), projection: Array(v[10..<26]),
+                cropOffset: SIMD2(Int32(v[26]), Int32(v[27])))
+            let camera = stored.applying(FlipRotate(orientation: Int(v[0]), height: 1080, width: 1920, window: 256))
+            XCTAssertEqual(camera.forward, vector(28))
+            XCTAssertEqual(camera.up, vector(31))
+            XCTAssertEqual(camera.left, vector(34))
+            XCTAssertEqual(camera.cropOffset, SIMD2(Int32(v[37]), Int32(v[38])))
+            for (ours, theirs) in zip(camera.viewProjection, v[39..<55]) {
+                XCTAssertEqual(ours, theirs, accuracy: Swift.max(abs(theirs), 1) * 1e-6, "orientation \(v[0])")
+            }
+        }
+    }
+}
