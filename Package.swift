@@ -7,7 +7,8 @@ import PackageDescription
 // LLVM never contracts a*b+c into an FMA here (Swift allows no such contraction), so results are identical.
 #if arch(x86_64)
 let tuning: [SwiftSetting] = ProcessInfo.processInfo.environment["NB_SERVE_GENERIC_CPU"] == nil
-    ? [.unsafeFlags(["-target-cpu", "haswell"], .when(configuration: .release))]
+    ? [.unsafeFlags(["-target-cpu", "haswell"], .when(configuration: .release)),
+       .define("NB_SERVE_F16C", .when(configuration: .release))]
     : []
 #else
 let tuning: [SwiftSetting] = []
@@ -36,9 +37,10 @@ let package = Package(
             dependencies: ["CZstd", "CBlosc", "CLZ4", "CZlib"],
             swiftSettings: tuning
         ),
+        .target(name: "CSIMDMath"),
         .target(
             name: "NBLoader",
-            dependencies: ["NBStorage", .product(name: "Yams", package: "Yams")],
+            dependencies: ["NBStorage", "CSIMDMath", .product(name: "Yams", package: "Yams")],
             swiftSettings: tuning
         ),
         .executableTarget(

@@ -34,7 +34,13 @@ extension Copy: FloatLanes where Element == Float {
 
 extension HalfToFloat: FloatLanes {
     @inline(__always) static func lanes(_ source: UnsafePointer<UInt16>) -> SIMD4<Float> {
-        widen(SIMD4<UInt32>(truncatingIfNeeded: UnsafeRawPointer(source).loadUnaligned(as: SIMD4<UInt16>.self)))
+        let bits = UnsafeRawPointer(source).loadUnaligned(as: SIMD4<UInt16>.self)
+        #if NB_SERVE_F16C
+        // Built for CPUs with F16C: one vcvtph2ps.
+        return SIMD4<Float>(unsafeBitCast(bits, to: SIMD4<Float16>.self))
+        #else
+        return widen(SIMD4<UInt32>(truncatingIfNeeded: bits))
+        #endif
     }
 }
 
@@ -77,6 +83,9 @@ enum Fused {
     /// Visits the valid samples of a pixel four at a time: `body(offset, lanes)`, lanes < 4 at the end.
     @inline(__always)
     static func forEachGroup(_ count: Int, _ body: (_ offset: Int, _ lanes: Int) -> Void) {
+        // Constant lane counts for the common chunkings let the partial-vector branches fold away.
+        if count == 4 { return body(0, 4) }
+        if count == 8 { body(0, 4); return body(4, 4) }
         var k = 0
         while k < count {
             body(k, min(4, count - k))
@@ -154,7 +163,7 @@ enum Fused {
                         }
                         if let plane = depth {
                             let dx = x - eye.x, dy = y - eye.y, dz = z - eye.z
-                            let argument = 1 + 1 / (dx * dx + dy * dy + dz * dz).squareRoot()
+                            let argument = 1 + 1 / Kernels.squareRoot(dx * dx + dy * dy + dz * dz)
                             store(Kernels.log(argument), plane.base + output * plane.pixelStride + sample, lanes)
                         }
                         guard let motion else { return }

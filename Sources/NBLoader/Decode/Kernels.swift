@@ -1,3 +1,4 @@
+import CSIMDMath
 import Foundation
 
 /// How one stored element becomes one output element.
@@ -62,13 +63,16 @@ enum Kernels {
         return result
     }
 
-    /// Natural logarithm per lane (libm's `logf`, correctly rounded in practice).
+    /// IEEE square root of each lane (exact, like numpy's).
+    @inline(__always) static func squareRoot(_ x: Lanes) -> Lanes { nb_sqrt4(x) }
+
+    /// Natural logarithm of each lane, within 2 ulp (numpy's own SIMD `log` is not exact either).
     @inline(__always) static func log(_ x: Lanes) -> Lanes {
-        Lanes(Foundation.log(x[0]), Foundation.log(x[1]), Foundation.log(x[2]), Foundation.log(x[3]))
+        VectorMath.log(x) { Foundation.log($0) }
     }
 
-    /// Exponential per lane (libm's `expf`).
+    /// Exponential of each lane, within 2 ulp.
     @inline(__always) static func exp(_ x: Lanes) -> Lanes {
-        Lanes(Foundation.exp(x[0]), Foundation.exp(x[1]), Foundation.exp(x[2]), Foundation.exp(x[3]))
+        VectorMath.exp(x) { Foundation.exp($0) }
     }
 }

@@ -1,0 +1,2 @@
+// CSIMDMath is header-only (static inline functions); SwiftPM needs one source file per C target.
+#include "simd_math.h"
