@@ -44,8 +44,9 @@ extension NBServe {
             }
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             for spec in decoder.layout.tensors {
-                let writer = try NpyWriter(path: "\(out)/\(spec.key).npy", typestr: spec.dataType.littleEndianTypestr, shape: spec.shape)
-                try writer.write(UnsafeRawBufferPointer(rebasing: buffer[spec.offset..<(spec.offset + spec.byteCount)]))
+                let (shape, bytes) = spec.filled(plan.sequences.count)
+                let writer = try NpyWriter(path: "\(out)/\(spec.key).npy", typestr: spec.dataType.littleEndianTypestr, shape: shape)
+                try writer.write(UnsafeRawBufferPointer(rebasing: buffer[bytes]))
                 try writer.close()
             }
             printError("wrote \(decoder.layout.tensors.count) tensors of epoch \(plan.epoch) batch \(plan.batch) (frame \(plan.frameIndex), sequences \(plan.sequences)) to \(out)")

@@ -12,6 +12,14 @@ public struct TensorSpec: Sendable, Equatable {
     public var byteCount: Int { shape.reduce(dataType.itemSize, *) }
     /// Bytes of one batch slot (one sequence).
     public var slotByteCount: Int { shape.isEmpty ? byteCount : byteCount / shape[0] }
+
+    /// The tensor as it is sent for a batch of `sequences` sequences: a short last batch (without
+    /// `drop_last`) has fewer rows, as noisebase's collation gives it. Returns the shape and byte range.
+    public func filled(_ sequences: Int) -> (shape: [Int], bytes: Range<Int>) {
+        guard let first = shape.first else { return (shape, offset..<(offset + byteCount)) }
+        let rows = min(sequences, first)
+        return ([rows] + shape.dropFirst(), offset..<(offset + rows * slotByteCount))
+    }
 }
 
 /// The tensors of every batch of a loader, laid out back to back in one buffer, so a batch is a single
