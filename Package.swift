@@ -43,6 +43,8 @@ let package = Package(
             dependencies: ["NBStorage", "CSIMDMath", .product(name: "Yams", package: "Yams")],
             swiftSettings: tuning
         ),
+        // The ZeroMQ transport and wire protocol v1: sockets, poller, zero-copy sends, sd_notify.
+        .target(name: "NBTransport", dependencies: ["CZmq", "NBStorage"]),
         .executableTarget(
             name: "NBServeCLI",
             dependencies: [
@@ -54,5 +56,6 @@ let package = Package(
         .target(name: "NBTestSupport", path: "Tests/NBTestSupport"),
         .testTarget(name: "NBStorageTests", dependencies: ["NBStorage", "NBTestSupport"]),
         .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader", "NBTestSupport"]),
+        .testTarget(name: "NBTransportTests", dependencies: ["NBTransport", "NBTestSupport"]),
     ]
 )

@@ -12,6 +12,14 @@ public enum DecodeError: Error, CustomStringConvertible, Sendable {
         case .layout(let file, let array, let reason): return "\(file): array '\(array)': \(reason)"
         }
     }
+
+    /// File, array, chunk key (empty where they do not apply) and reason, for protocol error messages.
+    public var location: (file: String, array: String, chunk: String, reason: String) {
+        switch self {
+        case .storage(let error): return error.location
+        case .layout(let file, let array, let reason): return (file, array, "", reason)
+        }
+    }
 }
 
 /// One sequence file (a Zarr group in a ZIP), opened once and kept: its camera track is read once and

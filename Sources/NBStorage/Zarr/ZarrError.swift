@@ -35,4 +35,18 @@ public enum ZarrError: Error, CustomStringConvertible, Sendable {
             return "\(file): array '\(array)': \(reason)"
         }
     }
+
+    /// The error split into what a protocol message reports: file, array (may be empty), chunk key (may
+    /// be empty) and the reason on its own.
+    public var location: (file: String, array: String, chunk: String, reason: String) {
+        switch self {
+        case .store(let file, let reason): return (file, "", "", reason)
+        case .notAGroup(let file): return (file, "", "", "not a Zarr v2 group")
+        case .missingArray(let file, let array, _): return (file, array, "", "no such array")
+        case .invalidMetadata(let file, let array, let reason): return (file, array, "", "invalid .zarray: \(reason)")
+        case .unsupported(let file, let array, let feature): return (file, array, "", "unsupported \(feature)")
+        case .corruptChunk(let file, let array, let key, let reason): return (file, array, key, reason)
+        case .badRegion(let file, let array, let reason): return (file, array, "", reason)
+        }
+    }
 }
