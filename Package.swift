@@ -45,11 +45,15 @@ let package = Package(
         ),
         // The ZeroMQ transport and wire protocol v1: sockets, poller, zero-copy sends, sd_notify.
         .target(name: "NBTransport", dependencies: ["CZmq", "NBStorage"]),
+        // The daemon: worker processes, shared batch memory, rank streams, control, resume state.
+        .target(name: "CSystem"),
+        .target(name: "NBDaemon", dependencies: ["NBLoader", "NBTransport", "CSystem"]),
         .executableTarget(
             name: "NBServeCLI",
             dependencies: [
                 "NBStorage",
                 "NBLoader",
+                "NBDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,0 +1,67 @@
+import CSystem
+import Glibc
+
+/// Batch buffers shared between the daemon and its workers: one anonymous memory file (`memfd`),
+/// mapped by both. Workers write decoded slots straight into it; the daemon sends from it. Nothing is
+/// named in /dev/shm, so a killed daemon leaves nothing behind.
+public final class SharedBatchMemory {
+    public let descriptor: Int32
+    public let byteCount: Int
+    public let base: UnsafeMutableRawPointer
+
+    /// Creates `byteCount` bytes of shared memory (the daemon side).
+    public init(creating byteCount: Int, name: String = "nb-serve-batches") throws(SystemError) {
+        let fd = nb_memfd_create(name)
+        guard fd >= 0 else { throw SystemError(call: "memfd_create", errno: errno) }
+        guard ftruncate(fd, off_t(byteCount)) == 0 else {
+            let code = errno
+            close(fd)
+            throw SystemError(call: "ftruncate(\(byteCount))", errno: code)
+        }
+        descriptor = fd
+        self.byteCount = byteCount
+        base = try Self.map(fd, byteCount)
+    }
+
+    /// Maps memory the daemon passed as descriptor `fd` (the worker side).
+    public init(mapping fd: Int32, byteCount: Int) throws(SystemError) {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw SystemError(call: "fstat(shared memory fd \(fd))", errno: errno) }
+        guard Int(info.st_size) >= byteCount else {
+            throw SystemError(call: "shared memory is \(info.st_size) bytes, expected \(byteCount)", errno: EINVAL)
+        }
+        descriptor = fd
+        self.byteCount = byteCount
+        base = try Self.map(fd, byteCount)
+    }
+
+    private static func map(_ fd: Int32, _ count: Int) throws(SystemError) -> UnsafeMutableRawPointer {
+        let address = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let address, address != MAP_FAILED else { throw SystemError(call: "mmap(\(count))", errno: errno) }
+        return address
+    }
+
+    /// `count` bytes at `offset`, or nil when outside the mapping.
+    public func region(offset: Int, count: Int) -> UnsafeMutableRawBufferPointer? {
+        guard offset >= 0, count >= 0, offset <= byteCount, count <= byteCount - offset else { return nil }
+        return UnsafeMutableRawBufferPointer(start: base + offset, count: count)
+    }
+
+    deinit {
+        munmap(base, byteCount)
+        close(descriptor)
+    }
+}
+
+/// A failed system call in the daemon or a worker.
+public struct SystemError: Error, CustomStringConvertible, Sendable {
+    public let call: String
+    public let errno: Int32
+
+    public init(call: String, errno: Int32) {
+        self.call = call
+        self.errno = errno
+    }
+
+    public var description: String { "\(call) failed: \(String(cString: strerror(errno)))" }
+}

@@ -1,0 +1,99 @@
+import CSystem
+import Glibc
+import NBLoader
+
+/// The body of `nb-serve worker`: a single-threaded loop that decodes tasks from stdin into the shared
+/// memory on fd 3 and answers on stdout. It exits when stdin closes, and dies with the daemon
+/// (`PR_SET_PDEATHSIG`), so no worker outlives it.
+public enum WorkerMain {
+    public static func run(config: LoaderConfig, memoryBytes: Int, parent: pid_t) -> Int32 {
+        _ = nb_set_parent_death_signal(SIGKILL)
+        // The daemon may have died between spawning us and the prctl above.
+        guard getppid() == parent else { return 1 }
+        let memory: SharedBatchMemory
+        do {
+            memory = try SharedBatchMemory(mapping: 3, byteCount: memoryBytes)
+        } catch {
+            log("worker \(getpid()): \(error)")
+            return 1
+        }
+        var decoders: [Int: FrameDecoder] = [:]
+        var record = [UInt8](repeating: 0, count: WorkerTask.byteCount)
+        while readExactly(0, &record) {
+            guard let task = WorkerTask(decoding: record) else { return 1 }
+            let batchSize = Int(task.batchSize)
+            let decoder = decoders[batchSize] ?? FrameDecoder(config: config, batchSize: batchSize)
+            decoders[batchSize] = decoder
+            var message = ""
+            if let buffer = memory.region(offset: Int(task.bufferOffset), count: decoder.layout.byteCount),
+               task.slot >= 0, task.slot < task.batchSize {
+                do {
+                    try decoder.decode(
+                        sequence: Int(task.sequence), frame: Int(task.frame), orientation: Int(task.orientation),
+                        into: buffer, slot: Int(task.slot))
+                } catch {
+                    let (file, array, chunk, reason) = error.location
+                    message = ErrorReport(file: file, array: array, chunk: chunk, reason: reason).json
+                }
+            } else {
+                message = ErrorReport(file: "", array: "", chunk: "", reason: "task \(task.id) does not fit the shared memory").json
+            }
+            let reply = WorkerResult(id: task.id, error: message).encoded
+            guard writeAll(1, reply) else { return 1 }
+        }
+        return 0
+    }
+
+    private static func readExactly(_ fd: Int32, _ buffer: inout [UInt8]) -> Bool {
+        var done = 0
+        let count = buffer.count
+        while done < count {
+            let result = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, count - done) }
+            if result > 0 { done += result; continue }
+            if result < 0 && errno == EINTR { continue }
+            return false
+        }
+        return true
+    }
+
+    private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var done = 0
+        while done < bytes.count {
+            let result = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
+            if result > 0 { done += result; continue }
+            if result < 0 && errno == EINTR { continue }
+            return false
+        }
+        return true
+    }
+
+    static func log(_ text: String) {
+        let line = text + "\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+    }
+}
+
+/// The file/array/chunk/reason of a failed frame, as JSON (worker → daemon → trainer).
+public struct ErrorReport: Sendable, Equatable, Codable {
+    public var file: String
+    public var array: String
+    public var chunk: String
+    public var reason: String
+
+    public var json: String {
+        func quote(_ text: String) -> String {
+            var out = "\""
+            for scalar in text.unicodeScalars {
+                switch scalar {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case _ where scalar.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
+                default: out.unicodeScalars.append(scalar)
+                }
+            }
+            return out + "\""
+        }
+        return "{\"file\": \(quote(file)), \"array\": \(quote(array)), \"chunk\": \(quote(chunk)), \"reason\": \(quote(reason))}"
+    }
+}

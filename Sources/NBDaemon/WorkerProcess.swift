@@ -1,0 +1,114 @@
+import CSystem
+import Glibc
+
+/// A decoding worker: this same executable started in its hidden `worker` mode with `posix_spawn`
+/// (fork + exec in one step), so no Swift code ever runs in a forked copy of the daemon's threads.
+/// A dead worker is replaced by spawning another, at any time.
+///
+/// The child's stdin (fd 0) receives `WorkerTask` records, its stdout (fd 1) returns `WorkerResult`s,
+/// fd 3 is the shared batch memory; stderr is the daemon's (its log).
+public final class WorkerProcess {
+    public let pid: pid_t
+    /// Daemon's end of the task pipe (non-blocking).
+    public let taskDescriptor: Int32
+    /// Daemon's end of the result pipe (non-blocking).
+    public let resultDescriptor: Int32
+    /// Tasks sent and not yet answered, oldest first.
+    public var outstanding: [WorkerTask] = []
+    public var completed = 0
+    private var pendingResult: [UInt8] = []
+    private var closed = false
+
+    /// Starts `executable worker ARGUMENTS…` with the shared memory `memory` as fd 3.
+    public init(executable: String, arguments: [String], memory: Int32) throws(SystemError) {
+        var taskPipe: [Int32] = [0, 0]
+        var resultPipe: [Int32] = [0, 0]
+        guard nb_pipe_cloexec(&taskPipe, 0) == 0 else { throw SystemError(call: "pipe2", errno: errno) }
+        guard nb_pipe_cloexec(&resultPipe, 0) == 0 else {
+            let code = errno
+            Glibc.close(taskPipe[0]); Glibc.close(taskPipe[1])
+            throw SystemError(call: "pipe2", errno: code)
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        // dup2 clears close-on-exec on the target, so exactly fds 0, 1, 2 and 3 reach the worker.
+        posix_spawn_file_actions_adddup2(&actions, taskPipe[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, resultPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, memory, 3)
+
+        let argv = [executable, "worker"] + arguments
+        var cArguments: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { cArguments.forEach { free($0) } }
+        var child: pid_t = 0
+        let result = posix_spawn(&child, executable, &actions, nil, &cArguments, environ)
+        Glibc.close(taskPipe[0])
+        Glibc.close(resultPipe[1])
+        guard result == 0 else {
+            Glibc.close(taskPipe[1]); Glibc.close(resultPipe[0])
+            throw SystemError(call: "posix_spawn(\(executable))", errno: result)
+        }
+        pid = child
+        taskDescriptor = taskPipe[1]
+        resultDescriptor = resultPipe[0]
+        _ = fcntl(taskDescriptor, F_SETFL, fcntl(taskDescriptor, F_GETFL) | O_NONBLOCK)
+        _ = fcntl(resultDescriptor, F_SETFL, fcntl(resultDescriptor, F_GETFL) | O_NONBLOCK)
+    }
+
+    /// Sends a task. Records are far smaller than a pipe's buffer and few are outstanding per worker, so
+    /// a write either completes or fails; a failure means the worker is gone.
+    public func send(_ task: WorkerTask) -> Bool {
+        let bytes = task.encoded
+        let written = bytes.withUnsafeBytes { write(taskDescriptor, $0.baseAddress, $0.count) }
+        guard written == bytes.count else { return false }
+        outstanding.append(task)
+        return true
+    }
+
+    /// Reads whatever results have arrived. Returns nil at end of file (the worker exited or died).
+    public func receive() -> [WorkerResult]? {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(resultDescriptor, $0.baseAddress, $0.count) }
+            if count > 0 {
+                pendingResult.append(contentsOf: buffer[0..<count])
+                continue
+            }
+            if count == 0 { return nil }
+            if errno == EINTR { continue }
+            break
+        }
+        var results: [WorkerResult] = []
+        while pendingResult.count >= 16 {
+            let id = pendingResult.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(as: Int64.self)) }
+            let length = pendingResult.withUnsafeBytes { Int(Int64(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: Int64.self))) }
+            guard length >= 0, length <= 1 << 20 else { return nil }
+            guard pendingResult.count >= 16 + length else { break }
+            let message = String(decoding: pendingResult[16..<(16 + length)], as: UTF8.self)
+            pendingResult.removeFirst(16 + length)
+            results.append(WorkerResult(id: id, error: message))
+            if let index = outstanding.firstIndex(where: { $0.id == id }) { outstanding.remove(at: index) }
+            completed += 1
+        }
+        return results
+    }
+
+    /// Closes the pipes (the worker sees end of file and exits) without waiting.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        Glibc.close(taskDescriptor)
+        Glibc.close(resultDescriptor)
+    }
+
+    /// Reaps the process if it has exited; returns its status text, or nil while it runs.
+    public func reap() -> String? {
+        var status: Int32 = 0
+        let result = waitpid(pid, &status, WNOHANG)
+        guard result == pid else { return nil }
+        if status & 0x7f == 0 { return "exited with status \((status >> 8) & 0xff)" }
+        return "killed by signal \(status & 0x7f)"
+    }
+
+    deinit { close() }
+}

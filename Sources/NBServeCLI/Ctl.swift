@@ -1,0 +1,113 @@
+import ArgumentParser
+import Foundation
+import NBDaemon
+import NBLoader
+import NBTransport
+
+extension NBServe {
+    /// `nb-serve ctl`: talk to a running daemon.
+    struct Ctl: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Control a running daemon: status, checkpoint or stop.",
+            discussion: """
+                status: epoch and batch per rank (produced, sent, consumed), queue depths, frames/s, bytes/s, \
+                workers, errors, memory. checkpoint: write the resume state to serve.state_dir (prints path \
+                and state). stop: shut down cleanly. Without --control or --config the default control \
+                endpoint is used. Exit status 1 when the daemon does not answer within --timeout.
+                """
+        )
+
+        enum Action: String, ExpressibleByArgument, CaseIterable {
+            case status, checkpoint, stop
+        }
+
+        @Argument(help: "status, checkpoint or stop.")
+        var action: Action
+
+        @Option(help: "The daemon's control endpoint, e.g. ipc:///run/nb-serve/control.sock.")
+        var control: String?
+
+        @Option(help: "Take the control endpoint from this config.")
+        var config: String?
+
+        @Flag(help: "Print the daemon's JSON reply.")
+        var json = false
+
+        @Option(help: "Seconds to wait for the daemon.")
+        var timeout = 5.0
+
+        func run() throws {
+            let endpoint: String
+            if let control {
+                endpoint = control
+            } else if let config {
+                do { endpoint = Daemon.controlEndpoint(try LoaderConfig.load(path: config)) } catch {
+                    printError("error: \(error)")
+                    throw ExitCode(2)
+                }
+            } else {
+                endpoint = "ipc://" + Daemon.defaultRuntimeDirectory() + "/control.sock"
+            }
+            let reply: [String: Any]
+            do {
+                reply = try ControlClient(endpoint: endpoint, timeout: timeout).request(["cmd": action.rawValue])
+            } catch {
+                printError("error: \(error)")
+                throw ExitCode.failure
+            }
+            if json || action != .status {
+                let data = try JSONSerialization.data(withJSONObject: reply, options: [.sortedKeys, .prettyPrinted])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                print(StatusReport.text(reply))
+            }
+            if reply["ok"] as? Bool != true { throw ExitCode.failure }
+        }
+    }
+}
+
+/// One request/reply exchange with the daemon's control socket, bounded in time.
+struct ControlClient {
+    let endpoint: String
+    let timeout: Double
+
+    func request(_ body: [String: Any]) throws -> [String: Any] {
+        let context = try ZmqContext(ioThreads: 1)
+        defer { context.close() }
+        let socket = try ZmqSocket(.req, context: context)
+        defer { socket.close() }
+        try socket.set(.linger, 0)
+        try socket.connect(endpoint)
+        let data = try JSONSerialization.data(withJSONObject: body)
+        _ = try socket.send([Array(data)])
+        guard let frames = try socket.receiveMultipart(timeout: .milliseconds(Int(timeout * 1000))), let first = frames.first else {
+            throw DaemonError("no answer from \(endpoint) within \(timeout) s (is nb-serve run running?)")
+        }
+        guard let reply = try JSONSerialization.jsonObject(with: Data(first)) as? [String: Any] else {
+            throw DaemonError("\(endpoint) answered something other than a JSON object")
+        }
+        return reply
+    }
+}
+
+/// `ctl status` for people.
+enum StatusReport {
+    static func text(_ reply: [String: Any]) -> String {
+        func number(_ key: String) -> Double { (reply[key] as? NSNumber)?.doubleValue ?? 0 }
+        var lines = [String(
+            format: "nb-serve pid %d, up %.0f s: %.1f frames/s, %.1f MB/s, RSS %.0f MiB (daemon + workers), %d worker restarts",
+            (reply["pid"] as? Int) ?? 0, number("uptime_s"), number("frames_per_s"), number("bytes_per_s") / 1e6, number("rss_mb"),
+            (reply["worker_restarts"] as? Int) ?? 0)]
+        for rank in reply["ranks"] as? [[String: Any]] ?? [] {
+            lines.append("rank \(rank["rank"] ?? "?") \(rank["endpoint"] ?? ""): \(rank["stage"] ?? "") epoch \(rank["epoch"] ?? "") — produced \(rank["produced"] ?? 0), sent \(rank["sent"] ?? 0), consumed \(rank["consumed"] ?? 0) of \(rank["batches"] ?? 0); \(rank["ready"] ?? 0) ready")
+        }
+        for worker in reply["workers"] as? [[String: Any]] ?? [] {
+            lines.append("worker \(worker["pid"] ?? ""): \(worker["state"] ?? ""), \(worker["completed"] ?? 0) frames done")
+        }
+        if let state = reply["resume_state"] as? [String: Any] {
+            lines.append("resume state: start_epoch_idx \(state["start_epoch_idx"] ?? ""), start_sequence_idx \(state["start_sequence_idx"] ?? "")")
+        }
+        for error in reply["errors"] as? [String] ?? [] { lines.append("error: \(error)") }
+        return lines.joined(separator: "\n")
+    }
+}

@@ -1,0 +1,84 @@
+import ArgumentParser
+import Foundation
+import NBDaemon
+import NBLoader
+
+extension NBServe {
+    /// `nb-serve run`: the daemon.
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the daemon: decode with worker processes and serve lockstep batches, one ZMQ PUSH socket per rank.",
+            discussion: """
+                Runs in the foreground (systemd runs it as a Type=notify service). Trainers ask for an epoch \
+                on the control socket and receive its batches on their rank's socket (docs/protocol.md). \
+                SIGTERM or `nb-serve ctl stop` stops it cleanly, writing the resume state when \
+                serve.state_dir is set. Exit status 2 on a bad config, 1 when it cannot start.
+                """
+        )
+
+        @Option(help: "The loader config (noisebase's keys plus serve:).")
+        var config: String
+
+        @Flag(help: "Resume from serve.state_dir's resume-state.json (also automatic with serve.resume: auto).")
+        var resume = false
+
+        @Option(help: ArgumentHelp("Resume from this state file (written by `nb-serve ctl checkpoint`).", valueName: "state"))
+        var resumeFrom: String?
+
+        func run() throws {
+            var statePath = resumeFrom
+            if resume && statePath == nil {
+                let loaded = try loadConfig()
+                guard let directory = loaded.serve.stateDirectory else {
+                    printError("error: --resume needs serve.state_dir in \(config)")
+                    throw ExitCode(2)
+                }
+                statePath = directory + "/" + ResumeStateFile.fileName
+            }
+            let options = DaemonOptions(configPath: config, executable: Self.executablePath(), resumePath: statePath)
+            do {
+                try Daemon(options: options).run()
+            } catch let error as ConfigError {
+                printError("error: \(error)")
+                throw ExitCode(2)
+            } catch {
+                printError("error: \(error)")
+                throw ExitCode.failure
+            }
+        }
+
+        private func loadConfig() throws -> LoaderConfig {
+            do { return try LoaderConfig.load(path: config) } catch {
+                printError("error: \(error)")
+                throw ExitCode(2)
+            }
+        }
+
+        /// This executable, resolved through /proc so workers start the same binary whatever argv[0] was.
+        static func executablePath() -> String {
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        }
+    }
+
+    /// `nb-serve worker`: started by the daemon only.
+    struct Worker: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "A decoding worker (started by `nb-serve run`; not for direct use).",
+            shouldDisplay: false
+        )
+
+        @Option var config: String
+        @Option var memoryBytes: Int
+        @Option var parent: Int32
+
+        func run() throws {
+            let loaded: LoaderConfig
+            do { loaded = try LoaderConfig.load(path: config) } catch {
+                printError("error: \(error)")
+                throw ExitCode(2)
+            }
+            let status = WorkerMain.run(config: loaded, memoryBytes: memoryBytes, parent: parent)
+            if status != 0 { throw ExitCode(status) }
+        }
+    }
+}
