@@ -1,0 +1,441 @@
+"""The daemon over real sockets and real processes: `nb-serve run` against `nb-serve dump`.
+
+Every test starts its own daemon on ipc sockets in a temporary directory, talks to it with pyzmq exactly
+as docs/protocol.md describes, and bounds every wait. The batches a trainer receives must be exactly the
+batches `nb-serve dump` writes (which test_loader.py holds equal to noisebase's own loader).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zmq
+
+import loader_support as support
+
+WAIT_S = 30
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def binary() -> Path:
+    return support.require_binary()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> support.Dataset:
+    root = tmp_path_factory.mktemp("daemon-data")
+    return support.generate_dataset(
+        root, "daemon", sequences=6, frames=4, crop=16, samples=4, height=48, width=80, seed=3,
+        reference_samples=4, loader={"batch_size": 2, "val_split": 0.34, "samples": 4})
+
+
+def daemon_config(dataset: support.Dataset, directory: Path, **serve) -> Path:
+    config = support.merged_config(dataset.config, {"num_workers": 2})
+    config["serve"] = {
+        "world_size": 1,
+        "endpoint": f"ipc://{directory}/rank{{rank}}.sock",
+        "control": f"ipc://{directory}/control.sock",
+        "prefetch": 3,
+        "state_dir": str(directory / "state"),
+        **serve,
+    }
+    return support.write_config(directory / "config.yaml", config)
+
+
+class Daemon:
+    """A running `nb-serve run`, stopped (and reaped) at the end of the test."""
+
+    def __init__(self, binary: Path, config: Path, *extra: str, env: dict | None = None):
+        self.config = yaml.safe_load(open(config))
+        self.control = self.config["serve"]["control"]
+        self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [str(binary), "run", "--config", str(config), *extra], stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})})
+        self.context = zmq.Context()
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                self.request({"cmd": "status"}, timeout_ms=500)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+        self.sockets: dict[int, zmq.Socket] = {}
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def request(self, body: dict, timeout_ms: int = WAIT_S * 1000) -> dict:
+        socket = self.context.socket(zmq.REQ)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.control)
+        try:
+            socket.send_json(body)
+            if not socket.poll(timeout_ms):
+                raise TimeoutError(f"no reply to {body}")
+            return socket.recv_json()
+        finally:
+            socket.close()
+
+    def pull(self, rank: int) -> zmq.Socket:
+        if rank not in self.sockets:
+            socket = self.context.socket(zmq.PULL)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(self.config["serve"]["endpoint"].replace("{rank}", str(rank)))
+            self.sockets[rank] = socket
+        return self.sockets[rank]
+
+    def epoch(self, rank: int, epoch: int, stage: str = "train", *, state: dict | None = None,
+              stop_after: int | None = None, on_batch=None) -> tuple[list, dict | None]:
+        """Asks for an epoch and receives it: ([(header, arrays)] incl. error headers, end header)."""
+        socket = self.pull(rank)
+        request = {"cmd": "epoch", "rank": rank, "stage": stage, "epoch": epoch}
+        if state is not None:
+            request["state"] = state
+        reply = self.request(request)
+        assert reply["ok"], reply
+        received = []
+        while stop_after is None or len(received) < stop_after:
+            if not socket.poll(WAIT_S * 1000):
+                raise AssertionError(f"no message within {WAIT_S} s after {len(received)}:\n{self.log_text()}")
+            frames = socket.recv_multipart(copy=False)
+            header = json.loads(bytes(frames[0].buffer))
+            assert header["v"] == 1
+            if header["type"] == "end":
+                return received, header
+            arrays = {}
+            if header["type"] == "batch":
+                for spec, frame in zip(header["tensors"], frames[1:], strict=True):
+                    arrays[spec["name"]] = np.frombuffer(frame.buffer, dtype=spec["dtype"]).reshape(spec["shape"])
+            received.append((header, arrays))
+            self.request({"cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": len(received)})
+            if on_batch:
+                on_batch(len(received))
+        return received, None
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"daemon did not stop within {WAIT_S} s:\n{self.log_text()}")
+        for socket in self.sockets.values():
+            socket.close()
+        self.context.term()
+        self.log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def daemons():
+    started: list[Daemon] = []
+
+    def start(*args, **kwargs) -> Daemon:
+        daemon = Daemon(*args, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop(signal.SIGKILL) if daemon.process.poll() is None else daemon.stop()
+
+
+def digest(arrays: dict) -> str:
+    hasher = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        hasher.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        hasher.update(array.tobytes())
+    return hasher.hexdigest()
+
+
+def dumped(binary: Path, config: Path, tmp: Path, *, epoch: int, batch: int, stage: str = "train",
+           rank: int = 0, world_size: int = 1, state: dict | None = None) -> dict:
+    out = tmp / f"dump-{stage}-{epoch}-{rank}-{world_size}-{batch}-{state and state['start_sequence_idx']}"
+    args = ["dump", "--config", str(config), "--stage", stage, "--epoch", str(epoch), "--batch", str(batch),
+            "--rank", str(rank), "--world-size", str(world_size), "--out", str(out)]
+    if state:
+        args += ["--start-epoch", str(state["start_epoch_idx"]), "--start-sequence", str(state["start_sequence_idx"])]
+    support.run_ok(binary, *args)
+    return support.load_dump(out)
+
+
+def pids_alive(pids) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split(") ")[1].split()[0] != "Z":
+                    alive.append(pid)
+        except FileNotFoundError:
+            pass
+    return alive
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Streams
+
+
+@pytest.mark.parametrize("stage", ["train", "val"])
+def test_epoch_stream_equals_dump(binary, dataset, daemons, tmp_path, stage):
+    config = daemon_config(dataset, tmp_path)
+    daemon = daemons(binary, config)
+    for epoch in (0, 1):
+        received, end = daemon.epoch(0, epoch, stage)
+        plan = support.nb_plan(binary, config, stage=stage, epoch=epoch)
+        assert end == {"v": 1, "type": "end", "stage": stage, "epoch": epoch, "batches": len(plan)}
+        assert len(received) == len(plan) > 0
+        for (header, arrays), expected in zip(received, plan):
+            assert header["type"] == "batch"
+            assert (header["batch"], header["frame_index"], header["sequences"], header["orientations"]) == (
+                expected["batch"], expected["frame_index"], expected["sequences"], expected["orientations"])
+            reference = dumped(binary, config, tmp_path, epoch=epoch, batch=header["batch"], stage=stage)
+            assert set(arrays) == set(reference)
+            for name, array in arrays.items():
+                assert array.dtype == reference[name].dtype and array.shape == reference[name].shape, name
+                assert array.tobytes() == reference[name].tobytes(), f"{stage} epoch {epoch} batch {header['batch']} {name}"
+    length = daemon.request({"cmd": "length", "stage": stage, "rank": 0, "epoch": 0})
+    assert length["batches"] == len(support.nb_plan(binary, config, stage=stage, epoch=0))
+
+
+def test_two_daemons_splitting_ranks_equal_one_daemon(binary, dataset, daemons, tmp_path):
+    one = daemons(binary, daemon_config(dataset, tmp_path / "one", world_size=2))
+    both = {rank: [digest(a) for _, a in one.epoch(rank, 0)[0]] for rank in (0, 1)}
+    split = {}
+    for rank in (0, 1):
+        daemon = daemons(binary, daemon_config(dataset, tmp_path / f"rank{rank}", world_size=2, ranks=[rank]))
+        split[rank] = [digest(a) for _, a in daemon.epoch(rank, 0)[0]]
+    assert split == both
+    assert all(both.values())
+    # The two ranks together cover the epoch's sequence groups once each.
+    assert not set(both[0]) & set(both[1])
+
+
+def test_worker_killed_mid_epoch_changes_nothing(binary, dataset, daemons, tmp_path):
+    reference = [digest(a) for _, a in daemons(binary, daemon_config(dataset, tmp_path / "a")).epoch(0, 0)[0]]
+    daemon = daemons(binary, daemon_config(dataset, tmp_path / "b", prefetch=1))
+    victims = [worker["pid"] for worker in daemon.request({"cmd": "status"})["workers"]]
+
+    def kill_workers(count):
+        if count in (2, 5):
+            for pid in pids_alive(victims):
+                os.kill(pid, signal.SIGKILL)
+
+    received, end = daemon.epoch(0, 0, on_batch=kill_workers)
+    assert [digest(a) for _, a in received] == reference
+    assert end["batches"] == len(reference)
+    status = daemon.request({"cmd": "status"})
+    assert status["worker_restarts"] >= 2
+    assert not pids_alive(victims)
+    assert "requeued" in daemon.log_text()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint and resume
+
+
+def test_checkpoint_kill_restart_resumes_exactly(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path)
+    uninterrupted = daemons(binary, daemon_config(dataset, tmp_path / "reference"))
+    full = uninterrupted.epoch(0, 0)[0]
+    frames = dataset.config["src"]["frames_per_sequence"]
+
+    daemon = daemons(binary, config)
+    # Consume one whole sequence group and part of the next.
+    daemon.epoch(0, 0, stop_after=frames + 2)
+    reply = daemon.request({"cmd": "checkpoint"})
+    assert reply["ok"], reply
+    assert reply["state"]["start_epoch_idx"] == 0
+    assert reply["state"]["start_sequence_idx"] == 2  # one group of batch_size 2 fully consumed
+    state_file = Path(reply["path"])
+    assert json.loads(state_file.read_text())["start_sequence_idx"] == 2
+    workers = [worker["pid"] for worker in daemon.request({"cmd": "status"})["workers"]]
+    daemon.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while pids_alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pids_alive(workers), "workers outlived a killed daemon"
+
+    resumed = daemons(binary, config, "--resume")
+    received, end = resumed.epoch(0, 0)
+    assert [digest(a) for _, a in received] == [digest(a) for _, a in full[frames:]]
+    assert [h["sequences"] for h, _ in received] == [h["sequences"] for h, _ in full[frames:]]
+    # The next epoch is whole again.
+    assert [digest(a) for _, a in resumed.epoch(0, 1)[0]] == [digest(a) for _, a in uninterrupted.epoch(0, 1)[0]]
+
+
+def test_trainer_state_dict_selects_the_stream(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path)
+    daemon = daemons(binary, config)
+    state = {"start_epoch_idx": 1, "start_sequence_idx": 2}
+    received, _ = daemon.epoch(0, 1, state=state)
+    plan = support.nb_plan(binary, config, epoch=1, start_epoch=1, start_sequence=2)
+    assert [h["sequences"] for h, _ in received] == [p["sequences"] for p in plan]
+    first = dumped(binary, config, tmp_path, epoch=1, batch=0, state=state)
+    assert digest(received[0][1]) == digest(first)
+
+
+def test_checkpoint_survives_a_crash_during_the_write(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path)
+    daemon = daemons(binary, config)
+    frames = dataset.config["src"]["frames_per_sequence"]
+    daemon.epoch(0, 0, stop_after=frames)
+    first = daemon.request({"cmd": "checkpoint"})
+    daemon.stop()
+    before = Path(first["path"]).read_text()
+
+    crashing = daemons(binary, config, env={"NB_SERVE_TEST_CRASH_BEFORE_RENAME": "1"})
+    crashing.epoch(0, 1, stop_after=2 * frames)
+    with pytest.raises(TimeoutError):
+        crashing.request({"cmd": "checkpoint"}, timeout_ms=3000)
+    crashing.process.wait(WAIT_S)
+    assert crashing.process.returncode == -signal.SIGKILL
+    assert Path(first["path"]).read_text() == before
+    assert json.loads(before)["start_sequence_idx"] == 2
+
+
+def test_resume_state_of_another_config_is_refused(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path)
+    daemon = daemons(binary, config)
+    daemon.epoch(0, 0, stop_after=1)
+    path = daemon.request({"cmd": "checkpoint"})["path"]
+    daemon.stop()
+    other = yaml.safe_load(open(config))
+    other["seed"] = 7
+    other_path = support.write_config(tmp_path / "other.yaml", other)
+    result = support.run(binary, "run", "--config", str(other_path), "--resume-from", path)
+    assert result.returncode == 1
+    assert "another configuration" in result.stderr and path in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Faults and operations
+
+
+def corrupt_first_chunk(zip_path: Path, array: str):
+    with zipfile.ZipFile(zip_path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.startswith(array + "/") and not i.filename.endswith(".zarray"))
+    with open(zip_path, "r+b") as fh:
+        fh.seek(info.header_offset + 26)
+        name_length, extra_length = np.frombuffer(fh.read(4), "<u2")
+        fh.seek(info.header_offset + 30 + name_length + extra_length + info.compress_size // 2)
+        fh.write(b"\xde\xad\xbe\xef" * 4)
+    return info.filename
+
+
+def test_corrupt_chunk_reaches_the_trainer_and_the_daemon_stays_up(binary, dataset, daemons, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(dataset.root, copy)
+    config = yaml.safe_load(open(daemon_config(dataset, tmp_path)))
+    config["data_path"] = str(copy)
+    config_path = support.write_config(tmp_path / "corrupt.yaml", config)
+    plan = support.nb_plan(binary, config_path, epoch=0)
+    victim = plan[0]["sequences"][0]
+    scene = copy / f"scene{victim:04d}.zip"
+    key = corrupt_first_chunk(scene, "color")
+
+    daemon = daemons(binary, config_path)
+    received, end = daemon.epoch(0, 0)
+    errors = [h for h, _ in received if h["type"] == "error"]
+    assert errors, "no error message for the corrupt chunk"
+    error = errors[0]
+    assert error["file"] == str(scene) and error["array"] == "color" and error["chunk"] == key
+    assert error["reason"]
+    batches = [h for h, _ in received if h["type"] == "batch"]
+    assert end["batches"] == len(batches) == len(plan) - len(errors)
+    status = daemon.request({"cmd": "status"})
+    assert any(str(scene) in text for text in status["errors"])
+    # Still serving.
+    assert daemon.request({"cmd": "length", "stage": "val", "rank": 0})["ok"]
+
+
+def test_missing_files_are_all_listed_at_start(binary, dataset, tmp_path):
+    config = yaml.safe_load(open(daemon_config(dataset, tmp_path)))
+    config["src"]["sequences"] = 9
+    path = support.write_config(tmp_path / "missing.yaml", config)
+    result = support.run(binary, "run", "--config", str(path))
+    assert result.returncode == 1
+    assert "3 of 9 sequence files are missing" in result.stderr
+    for index in (6, 7, 8):
+        assert f"scene{index:04d}.zip" in result.stderr
+
+
+def test_bad_config_exits_2_naming_the_key(binary, dataset, tmp_path):
+    config = yaml.safe_load(open(daemon_config(dataset, tmp_path)))
+    config["serve"]["prefetch"] = "many"
+    path = support.write_config(tmp_path / "bad.yaml", config)
+    result = support.run(binary, "run", "--config", str(path))
+    assert result.returncode == 2
+    assert "serve.prefetch" in result.stderr
+
+
+def test_sigterm_and_ctl_stop_leave_nothing_behind(binary, dataset, daemons, tmp_path):
+    for how in ("sigterm", "ctl"):
+        directory = tmp_path / how
+        config = daemon_config(dataset, directory)
+        daemon = daemons(binary, config)
+        frames = dataset.config["src"]["frames_per_sequence"]
+        daemon.epoch(0, 0, stop_after=frames + 1)
+        workers = [worker["pid"] for worker in daemon.request({"cmd": "status"})["workers"]]
+        started = time.monotonic()
+        if how == "ctl":
+            result = support.run(binary, "ctl", "--config", str(config), "stop")
+            assert result.returncode == 0, result.stderr
+            daemon.process.wait(WAIT_S)
+        code = daemon.stop()
+        assert code == 0, daemon.log_text()
+        assert time.monotonic() - started < 5
+        assert not pids_alive(workers)
+        assert not list(directory.glob("*.sock"))
+        state = json.loads((directory / "state" / "resume-state.json").read_text())
+        assert (state["start_epoch_idx"], state["start_sequence_idx"]) == (0, 2)
+
+
+def test_ctl_status_and_checkpoint(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path)
+    daemon = daemons(binary, config)
+    daemon.epoch(0, 0, stop_after=3)
+    status = json.loads(support.run_ok(binary, "ctl", "--config", str(config), "status", "--json").stdout)
+    rank = status["ranks"][0]
+    assert (rank["epoch"], rank["consumed"], rank["stage"]) == (0, 3, "train")
+    assert rank["sent"] >= 3 and rank["produced"] >= rank["sent"]
+    assert len(status["workers"]) == 2 and status["rss_mb"] > 0 and status["frames_per_s"] > 0
+    text = support.run_ok(binary, "ctl", "--control", daemon.control, "status").stdout
+    assert "rank 0" in text and "consumed 3" in text
+    checkpoint = json.loads(support.run_ok(binary, "ctl", "--config", str(config), "checkpoint").stdout)
+    assert checkpoint["state"]["start_sequence_idx"] == 0 and Path(checkpoint["path"]).exists()
+    missing = support.run(binary, "ctl", "--control", f"ipc://{tmp_path}/nobody.sock", "status", "--timeout", "0.5")
+    assert missing.returncode == 1 and "no answer" in missing.stderr
+
+
+def test_memory_stays_bounded_over_epochs(binary, dataset, daemons, tmp_path):
+    daemon = daemons(binary, daemon_config(dataset, tmp_path))
+    daemon.epoch(0, 0)
+    after_first = daemon.request({"cmd": "status"})["rss_mb"]
+    for epoch in (1, 2):
+        daemon.epoch(0, epoch)
+    after_third = daemon.request({"cmd": "status"})["rss_mb"]
+    assert after_third < after_first * 1.2 + 8, (after_first, after_third)
