@@ -12,11 +12,18 @@ public struct DaemonOptions: Sendable {
     public var executable: String
     /// A resume state file to start from (`--resume`), if any.
     public var resumePath: String?
+    /// Overrides of `serve.endpoint`, `serve.control` and `num_workers` (for `demo` and `bench`).
+    public var endpoint: String?
+    public var control: String?
+    public var workers: Int?
 
-    public init(configPath: String, executable: String, resumePath: String?) {
+    public init(configPath: String, executable: String, resumePath: String?, endpoint: String? = nil, control: String? = nil, workers: Int? = nil) {
         self.configPath = configPath
         self.executable = executable
         self.resumePath = resumePath
+        self.endpoint = endpoint
+        self.control = control
+        self.workers = workers
     }
 }
 
@@ -70,7 +77,11 @@ public final class Daemon {
 
     public init(options: DaemonOptions) throws {
         self.options = options
-        config = try LoaderConfig.load(path: options.configPath)
+        var loaded = try LoaderConfig.load(path: options.configPath)
+        if let endpoint = options.endpoint { loaded.serve.endpoint = endpoint }
+        if let control = options.control { loaded.serve.control = control }
+        if let workers = options.workers { loaded.numWorkers = workers }
+        config = loaded
         worldSize = config.serve.worldSize
         ranks = config.serve.ranks ?? Array(0..<worldSize)
         guard config.batchSize % worldSize == 0 else {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NBDaemon
 import NBLoader
 import NBStorage
 
@@ -7,8 +8,11 @@ extension NBServe {
     /// `nb-serve bench`: throughput measurements.
     struct Bench: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Measure decode throughput (frames/s, MB/s) along the train plan.",
+            abstract: "Measure throughput: end to end through the daemon's sockets, or decoding alone.",
             discussion: """
+                By default starts the daemon (with --workers worker processes), pulls --batches batches of \
+                the train plan over the real rank-0 socket, and reports frames/s, MB/s, CPU seconds per frame \
+                (daemon and workers), time to the first batch and peak RSS (daemon + workers). \
                 --decode-only decodes and augments frames in one thread, following the plan, then measures \
                 the floor on the same frames: decompressing the chunks they need and writing the output once. \
                 scripts/bench_decode.py runs it beside noisebase's own __getitem__ on the same files.
@@ -20,20 +24,25 @@ extension NBServe {
         @Flag(help: "Decode and augment in this process, one thread (no daemon, no sockets).")
         var decodeOnly = false
 
-        @Option(help: "Frames to decode.")
+        @Option(help: "Frames to decode (--decode-only).")
         var frames = 64
+
+        @Option(help: "Batches to pull (end to end).")
+        var batches = 64
+
+        @Option(help: "Worker processes (end to end; default: the config's num_workers).")
+        var workers: Int?
 
         @Flag(help: "Print one JSON object.")
         var json = false
 
         func validate() throws {
-            guard decodeOnly else {
-                throw ValidationError("only --decode-only is available: the end-to-end benchmark needs the daemon (nb-serve run), which does not exist yet.")
-            }
-            guard frames > 0 else { throw ValidationError("--frames must be positive.") }
+            guard frames > 0, batches > 0 else { throw ValidationError("--frames and --batches must be positive.") }
+            if let workers, workers < 1 { throw ValidationError("--workers must be at least 1.") }
         }
 
         func run() throws {
+            guard decodeOnly else { return try endToEnd() }
             let (config, sampler) = try loader.load()
             let result: DecodeBenchmark.Result
             do {
@@ -56,6 +65,77 @@ extension NBServe {
                 print(String(format: "decode: %d frames in %.3f s: %.1f frames/s, %.1f MB/s", result.frames, result.seconds, result.framesPerSecond, result.megabytesPerSecond))
                 print(String(format: "floor:  %.1f frames/s (decompress needed chunks + write output once); decode takes %.2f× the floor", result.floorFramesPerSecond, result.timesFloor))
             }
+        }
+    
+        /// Starts the daemon and pulls batches over the rank-0 socket like a trainer.
+        private func endToEnd() throws {
+            _ = try loader.load()
+            let daemon = try ChildDaemon(executable: Run.executablePath(), config: loader.config, workers: workers)
+            let client = try DaemonClient(control: daemon.control, endpointTemplate: daemon.endpoint)
+            defer { client.close() }
+            let start = Date()
+            var firstBatch: Date?
+            var last = Date()
+            var received = 0
+            var frames = 0
+            var bytes = 0
+            var peakRSS = 0.0
+            do {
+                try client.waitUntilReady(timeout: 60, daemon: daemon.pid)
+                let requested = Date()
+                var epoch = loader.epoch
+                while received < batches {
+                    let count = try client.consume(rank: 0, stage: "train", epoch: epoch) { message in
+                        guard case .batch(let header) = message.header else { return true }
+                        received += 1
+                        if firstBatch == nil {
+                            firstBatch = Date()
+                        } else {
+                            frames += header.sequences.count
+                            bytes += message.byteCount
+                        }
+                        last = Date()
+                        if received % 16 == 0, let status = try? client.request(["cmd": "status"], timeout: 5) {
+                            peakRSS = max(peakRSS, (status["rss_mb"] as? NSNumber)?.doubleValue ?? 0)
+                        }
+                        return received < batches
+                    }
+                    if count == 0 { throw DaemonError("epoch \(epoch) has no batches") }
+                    epoch += 1
+                }
+                if let status = try? client.request(["cmd": "status"], timeout: 5) {
+                    peakRSS = max(peakRSS, (status["rss_mb"] as? NSNumber)?.doubleValue ?? 0)
+                }
+                firstBatch = firstBatch.map { max($0, requested) }
+            } catch {
+                _ = daemon.stop(client: client)
+                printError("error: \(error)")
+                throw ExitCode.failure
+            }
+            let exitStatus = daemon.stop(client: client)
+            var usage = rusage()
+            getrusage(RUSAGE_CHILDREN.rawValue, &usage)
+            let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+            // Throughput counts from the first batch on, so start-up is reported separately.
+            let seconds = max(last.timeIntervalSince(firstBatch ?? start), 1e-9)
+            let totalFrames = max(frames, 1)
+            let result: JSONValue = .object([
+                "batches": .int(Int64(received)),
+                "frames_per_s": .double(Double(frames) / seconds),
+                "mb_per_s": .double(Double(bytes) / 1e6 / seconds),
+                "cpu_s_per_frame": .double(cpu / Double(totalFrames)),
+                "first_batch_s": .double((firstBatch ?? start).timeIntervalSince(start)),
+                "peak_rss_mb": .double(peakRSS),
+                "workers": .int(Int64(workers ?? -1)),
+            ])
+            if json {
+                print(result.description)
+            } else {
+                print(String(format: "end to end: %d batches, %.1f frames/s, %.1f MB/s, %.4f CPU s/frame, first batch after %.2f s, peak RSS %.0f MiB",
+                             received, Double(frames) / seconds, Double(bytes) / 1e6 / seconds, cpu / Double(totalFrames),
+                             (firstBatch ?? start).timeIntervalSince(start), peakRSS))
+            }
+            if exitStatus != 0 { throw ExitCode.failure }
         }
     }
 }

@@ -25,6 +25,15 @@ extension NBServe {
         @Option(help: ArgumentHelp("Resume from this state file (written by `nb-serve ctl checkpoint`).", valueName: "state"))
         var resumeFrom: String?
 
+        @Option(help: ArgumentHelp("Override serve.endpoint (a template with {rank} or {BASE+rank}).", valueName: "template"))
+        var endpoint: String?
+
+        @Option(help: ArgumentHelp("Override serve.control.", valueName: "endpoint"))
+        var control: String?
+
+        @Option(help: ArgumentHelp("Override num_workers.", valueName: "count"))
+        var workers: Int?
+
         func run() throws {
             var statePath = resumeFrom
             if resume && statePath == nil {
@@ -35,7 +44,9 @@ extension NBServe {
                 }
                 statePath = directory + "/" + ResumeStateFile.fileName
             }
-            let options = DaemonOptions(configPath: config, executable: Self.executablePath(), resumePath: statePath)
+            let options = DaemonOptions(
+                configPath: config, executable: Self.executablePath(), resumePath: statePath, endpoint: endpoint,
+                control: control, workers: workers)
             do {
                 try Daemon(options: options).run()
             } catch let error as ConfigError {

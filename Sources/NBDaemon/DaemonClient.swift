@@ -1,0 +1,125 @@
+import Foundation
+import Glibc
+import NBTransport
+
+/// The trainer's side of the daemon's protocol, in Swift: used by `nb-serve demo` and `nb-serve bench`
+/// to consume epochs over the real sockets, as a trainer would.
+public final class DaemonClient {
+    public let control: String
+    let context: ZmqContext
+    var pulls: [Int: ZmqSocket] = [:]
+    let endpointTemplate: String
+
+    public init(control: String, endpointTemplate: String) throws {
+        self.control = control
+        self.endpointTemplate = endpointTemplate
+        context = try ZmqContext(ioThreads: 1)
+    }
+
+    /// One control request; nil when the daemon does not answer within `timeout` seconds.
+    public func request(_ body: [String: Any], timeout: Double = 10) throws -> [String: Any]? {
+        let socket = try ZmqSocket(.req, context: context)
+        defer { socket.close() }
+        try socket.set(.linger, 0)
+        try socket.connect(control)
+        _ = try socket.send([Array(try JSONSerialization.data(withJSONObject: body))])
+        guard let frames = try socket.receiveMultipart(timeout: .milliseconds(Int(timeout * 1000))), let first = frames.first else {
+            return nil
+        }
+        return try JSONSerialization.jsonObject(with: Data(first)) as? [String: Any]
+    }
+
+    /// Waits until the daemon answers `status`, or throws after `timeout` seconds.
+    public func waitUntilReady(timeout: Double, daemon: pid_t) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if (try? request(["cmd": "status"], timeout: 0.5)) != nil { return }
+            var status: Int32 = 0
+            if waitpid(daemon, &status, WNOHANG) == daemon { throw DaemonError("the daemon exited during start-up (status \(status))") }
+        }
+        throw DaemonError("the daemon did not answer on \(control) within \(Int(timeout)) s")
+    }
+
+    /// A received message: the decoded header and the raw tensor frames.
+    public struct Received {
+        public let header: WireProtocol.Header
+        public let frames: [[UInt8]]
+        public var byteCount: Int { frames.reduce(0) { $0 + $1.count } }
+    }
+
+    /// Asks for `epoch` of `stage` on `rank` and calls `body` with each message until `end` (or until
+    /// `body` returns false). Acknowledges each batch. Returns the number of batch messages received.
+    @discardableResult
+    public func consume(rank: Int, stage: String, epoch: Int, timeout: Double = 60, _ body: (Received) throws -> Bool) throws -> Int {
+        let pull: ZmqSocket
+        if let existing = pulls[rank] {
+            pull = existing
+        } else {
+            pull = try ZmqSocket(.pull, context: context)
+            try pull.set(.linger, 0)
+            guard let endpoint = EndpointTemplate.render(endpointTemplate, rank: rank) else { throw DaemonError("bad endpoint template") }
+            try pull.connect(endpoint)
+            pulls[rank] = pull
+        }
+        guard let reply = try request(["cmd": "epoch", "rank": rank, "stage": stage, "epoch": epoch]), reply["ok"] as? Bool == true else {
+            throw DaemonError("the daemon refused epoch \(epoch) for rank \(rank)")
+        }
+        var batches = 0
+        while true {
+            guard let frames = try pull.receiveMultipart(timeout: .milliseconds(Int(timeout * 1000))), let first = frames.first else {
+                throw DaemonError("no batch within \(Int(timeout)) s")
+            }
+            let header = try WireProtocol.decodeHeader(first)
+            if case .end = header { return batches }
+            if case .batch = header { batches += 1 }
+            let received = Received(header: header, frames: Array(frames.dropFirst()))
+            _ = try request(["cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": batches])
+            if try !body(received) { return batches }
+        }
+    }
+
+    public func close() {
+        for socket in pulls.values { socket.close() }
+        context.close()
+    }
+}
+
+/// A daemon started as a child process (`nb-serve run` with overrides), for `demo` and `bench`.
+public final class ChildDaemon {
+    public let pid: pid_t
+    public let control: String
+    public let endpoint: String
+    public let directory: String
+
+    public init(executable: String, config: String, workers: Int?) throws {
+        directory = NSTemporaryDirectory() + "nb-serve-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        control = "ipc://\(directory)/control.sock"
+        endpoint = "ipc://\(directory)/rank{rank}.sock"
+        var arguments = [executable, "run", "--config", config, "--control", control, "--endpoint", endpoint]
+        if let workers { arguments += ["--workers", String(workers)] }
+        var cArguments: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { cArguments.forEach { free($0) } }
+        var child: pid_t = 0
+        let result = posix_spawn(&child, executable, nil, nil, &cArguments, environ)
+        guard result == 0 else { throw SystemError(call: "posix_spawn(\(executable) run)", errno: result) }
+        pid = child
+    }
+
+    /// Asks the daemon to stop and waits for it; returns its exit status.
+    public func stop(client: DaemonClient) -> Int32 {
+        _ = try? client.request(["cmd": "stop"], timeout: 5)
+        var status: Int32 = 0
+        for _ in 0..<500 {
+            if waitpid(pid, &status, WNOHANG) == pid {
+                try? FileManager.default.removeItem(atPath: directory)
+                return (status >> 8) & 0xff
+            }
+            usleep(20_000)
+        }
+        kill(pid, SIGKILL)
+        _ = waitpid(pid, &status, 0)
+        try? FileManager.default.removeItem(atPath: directory)
+        return -1
+    }
+}
