@@ -56,14 +56,20 @@ extension Daemon {
             } else if stage == .train, let resumeState, resumeState.startEpoch == epoch {
                 resume = resumeState.resumeState
             }
-            let sampler = try VideoSampler(config: config, stage: stage, rank: stream.rank, worldSize: worldSize)
-            let plans = try sampler.batches(epoch: epoch, resume: resume)
-            // Tasks of an abandoned epoch that no worker has yet are simply dropped.
+            // Tasks no worker has yet of what this rank streamed so far are dropped.
             taskQueue.removeAll { entry in
                 guard entry.rank == stream.rank, let owner = taskOwners.removeValue(forKey: entry.task.id) else { return false }
                 stream.taskFinished(buffer: owner.buffer)
                 return true
             }
+            if request["continue"] as? Bool == true, stream.active, stream.stage == stage, stream.epoch == epoch {
+                stream.rewindToConsumed()
+                Self.log("rank \(stream.rank): \(stage.rawValue) epoch \(epoch) continues at batch \(stream.consumed) for a reconnected trainer")
+                return ["ok": true, "batches": stream.plans.count, "rank": stream.rank, "epoch": epoch, "stage": stage.rawValue,
+                        "continues_at": stream.consumed]
+            }
+            let sampler = try VideoSampler(config: config, stage: stage, rank: stream.rank, worldSize: worldSize)
+            let plans = try sampler.batches(epoch: epoch, resume: resume)
             stream.start(stage: stage, epoch: epoch, resume: resume, plans: plans)
             Self.log("rank \(stream.rank): \(stage.rawValue) epoch \(epoch), \(plans.count) batches\(resume.map { " from sequence \($0.startSequence)" } ?? "")")
             return ["ok": true, "batches": plans.count, "rank": stream.rank, "epoch": epoch, "stage": stage.rawValue,

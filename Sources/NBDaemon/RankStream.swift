@@ -61,6 +61,17 @@ final class RankStream {
         freeBuffers = bufferIndices.filter { !orphaned.contains($0) }
     }
 
+    /// Sends the current epoch again from the first batch the trainer has not acknowledged (a trainer
+    /// that reconnected: whatever was queued for its old connection is gone).
+    func rewindToConsumed() {
+        nextSchedule = consumed
+        nextSend = consumed
+        endSent = false
+        assemblies.removeAll()
+        orphaned = Set(bufferIndices.filter { (inflight[$0] ?? 0) > 0 })
+        freeBuffers = bufferIndices.filter { !orphaned.contains($0) }
+    }
+
     /// A task for `buffer` was answered (or dropped).
     func taskFinished(buffer: Int) {
         inflight[buffer, default: 1] -= 1

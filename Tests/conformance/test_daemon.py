@@ -105,13 +105,20 @@ class Daemon:
             self.sockets[rank] = socket
         return self.sockets[rank]
 
+    def reconnect(self, rank: int):
+        """Drops the rank's PULL socket (a trainer that went away); the next pull connects anew."""
+        self.sockets.pop(rank).close()
+
     def epoch(self, rank: int, epoch: int, stage: str = "train", *, state: dict | None = None,
-              stop_after: int | None = None, on_batch=None) -> tuple[list, dict | None]:
+              stop_after: int | None = None, on_batch=None, continuing: bool = False,
+              already: int = 0) -> tuple[list, dict | None]:
         """Asks for an epoch and receives it: ([(header, arrays)] incl. error headers, end header)."""
         socket = self.pull(rank)
         request = {"cmd": "epoch", "rank": rank, "stage": stage, "epoch": epoch}
         if state is not None:
             request["state"] = state
+        if continuing:
+            request["continue"] = True
         reply = self.request(request)
         assert reply["ok"], reply
         received = []
@@ -128,7 +135,7 @@ class Daemon:
                 for spec, frame in zip(header["tensors"], frames[1:], strict=True):
                     arrays[spec["name"]] = np.frombuffer(frame.buffer, dtype=spec["dtype"]).reshape(spec["shape"])
             received.append((header, arrays))
-            self.request({"cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": len(received)})
+            self.request({"cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": already + len(received)})
             if on_batch:
                 on_batch(len(received))
         return received, None
@@ -251,6 +258,18 @@ def test_worker_killed_mid_epoch_changes_nothing(binary, dataset, daemons, tmp_p
     assert status["worker_restarts"] >= 2
     assert not pids_alive(victims)
     assert "requeued" in daemon.log_text()
+
+
+def test_reconnecting_trainer_continues_at_its_consumed_position(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path)
+    reference = daemons(binary, daemon_config(dataset, tmp_path / "reference")).epoch(0, 0)[0]
+    daemon = daemons(binary, config)
+    first, _ = daemon.epoch(0, 0, stop_after=5)
+    daemon.reconnect(0)
+    rest, end = daemon.epoch(0, 0, continuing=True, already=5)
+    assert [h["batch"] for h, _ in rest] == list(range(5, len(reference)))
+    assert [digest(a) for _, a in first + rest] == [digest(a) for _, a in reference]
+    assert end["batches"] == len(reference)
 
 
 # ----------------------------------------------------------------------------------------------------------
