@@ -74,6 +74,9 @@ public final class Daemon {
     var framesSent = 0
     var bytesSent = 0
     let signalPipe: [Int32]
+    /// Zero-copy sends report here (from libzmq's I/O thread) which batch buffer a frame released.
+    let releasePipe: [Int32]
+    let buffersPerRank: Int
 
     public init(options: DaemonOptions) throws {
         self.options = options
@@ -103,7 +106,7 @@ public final class Daemon {
             resumeState = state
         }
 
-        let buffersPerRank = config.serve.prefetch + 1
+        buffersPerRank = config.serve.prefetch + 1
         memory = try SharedBatchMemory(creating: max(1, ranks.count * buffersPerRank * layout.byteCount))
         for (index, rank) in ranks.enumerated() {
             streams[rank] = RankStream(rank: rank, bufferIndices: Array((index * buffersPerRank)..<((index + 1) * buffersPerRank)))
@@ -132,6 +135,11 @@ public final class Daemon {
         guard nb_pipe_cloexec(&pipeFDs, 1) == 0 else { throw SystemError(call: "pipe2", errno: errno) }
         signalPipe = pipeFDs
         signalPipeWrite = pipeFDs[1]
+        var releaseFDs: [Int32] = [0, 0]
+        guard nb_pipe_cloexec(&releaseFDs, 0) == 0 else { throw SystemError(call: "pipe2", errno: errno) }
+        // Only the reading end is non-blocking: a release must never be lost to a full pipe.
+        _ = fcntl(releaseFDs[0], F_SETFL, fcntl(releaseFDs[0], F_GETFL) | O_NONBLOCK)
+        releasePipe = releaseFDs
         signal(SIGPIPE, SIG_IGN)
         let handler: @convention(c) (Int32) -> Void = { _ in
             var byte: UInt8 = 1
@@ -201,6 +209,7 @@ public final class Daemon {
             let poller = ZmqPoller()
             let controlToken = poller.add(control, events: .readable)
             let signalToken = poller.add(fileDescriptor: signalPipe[0], events: .readable)
+            let releaseToken = poller.add(fileDescriptor: releasePipe[0], events: .readable)
             var workerTokens: [(ZmqPoller.Token, Int)] = []
             for (index, worker) in workers.enumerated() {
                 workerTokens.append((poller.add(fileDescriptor: worker.resultDescriptor, events: .readable), index))
@@ -214,6 +223,7 @@ public final class Daemon {
                 Self.log("signal received: shutting down")
                 stopping = true
             }
+            if !ready[releaseToken].isEmpty { drainReleases() }
             if ready[controlToken].contains(.readable) { try handleControl() }
             for (token, index) in workerTokens.reversed() where !ready[token].isEmpty {
                 try collect(workerIndex: index)
@@ -343,31 +353,59 @@ public final class Daemon {
             }
             guard sent else { return }
             stream.assemblies.removeValue(forKey: stream.nextSend)
-            stream.freeBuffers.append(assembly.buffer)
+            if (stream.inflight[assembly.buffer] ?? 0) > 0 {
+                // libzmq still reads the tensors from it: free it when the last frame is released.
+                stream.orphaned.insert(assembly.buffer)
+            } else {
+                stream.freeBuffers.append(assembly.buffer)
+            }
             stream.nextSend += 1
             framesSent += plan.sequences.count
         }
     }
 
+    /// Sends a ready batch straight from shared memory: every tensor frame is a zero-copy part whose
+    /// release (on libzmq's I/O thread) writes the buffer's index to `releasePipe`.
     func sendBatch(_ plan: BatchPlan, buffer: Int, stage: WireProtocol.Stage, rank: Int, socket: ZmqSocket) throws -> Bool {
+        guard let stream = streams[rank] else { return false }
         var specs: [WireProtocol.TensorSpec] = []
-        var parts: [UnsafeRawBufferPointer] = []
+        var parts: [ZmqPart] = []
         let base = buffer * layout.byteCount
+        let releaseFD = releasePipe[1]
+        let token = Int32(buffer)
         for tensor in layout.tensors {
             let (shape, bytes) = tensor.filled(plan.sequences.count)
             specs.append(.init(name: tensor.key, dataType: tensor.dataType, shape: shape))
-            parts.append(UnsafeRawBufferPointer(memory.region(offset: base + bytes.lowerBound, count: bytes.count)!))
+            let region = UnsafeRawBufferPointer(memory.region(offset: base + bytes.lowerBound, count: bytes.count)!)
+            parts.append(.zeroCopy(ZeroCopyBuffer(region) {
+                var value = token
+                _ = write(releaseFD, &value, 4)
+            }))
         }
         let header = WireProtocol.BatchHeader(
             stage: stage, epoch: plan.epoch, batch: plan.batch, frameIndex: plan.frameIndex, sequences: plan.sequences,
             orientations: plan.orientations, rank: rank, worldSize: worldSize, tensors: specs)
-        let headerBytes = try WireProtocol.Header.batch(header).encoded(payloadByteCounts: parts.map(\.count))
-        // libzmq copies each part into its own message here; the buffer is free as soon as send returns.
-        let sent = try headerBytes.withUnsafeBytes { headerPart in
-            try socket.send(copying: [headerPart] + parts, dontWait: true)
-        }
-        if sent { bytesSent += parts.reduce(headerBytes.count) { $0 + $1.count } }
+        let message = try WireProtocol.batchParts(header, payloads: parts)
+        // Every part's release comes through the pipe, also when the send does not happen.
+        stream.inflight[buffer, default: 0] += parts.count
+        let sent = try socket.send(message, dontWait: true)
+        if sent { bytesSent += message.reduce(0) { $0 + $1.byteCount } }
         return sent
+    }
+
+    /// Counts released frames back to their buffers; a sent buffer is free once all its frames are.
+    func drainReleases() {
+        var values = [Int32](repeating: 0, count: 1024)
+        while true {
+            let count = values.withUnsafeMutableBytes { read(releasePipe[0], $0.baseAddress, $0.count) }
+            guard count > 0 else { return }
+            for value in values[0..<(count / 4)] {
+                let buffer = Int(value)
+                let index = buffer / buffersPerRank
+                guard index < ranks.count, let stream = streams[ranks[index]] else { continue }
+                stream.taskFinished(buffer: buffer)
+            }
+        }
     }
 
     func shutdown() throws {
@@ -394,6 +432,7 @@ public final class Daemon {
         }
         for socket in sockets.values { socket.close() }
         control.close()
+        // Terminating the context releases every frame still queued; only then may the memory go.
         context.close()
         for endpoint in [controlEndpoint] + Array(endpoints.values) {
             if let path = Self.ipcPath(endpoint) { unlink(path) }
