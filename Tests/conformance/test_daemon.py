@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import signal
+import socket as pysocket
+import stat
 import subprocess
 import time
 import zipfile
@@ -306,6 +308,26 @@ def test_checkpoint_kill_restart_resumes_exactly(binary, dataset, daemons, tmp_p
     assert [digest(a) for _, a in resumed.epoch(0, 1)[0]] == [digest(a) for _, a in uninterrupted.epoch(0, 1)[0]]
 
 
+def test_resume_with_another_world_size(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path / "one")
+    daemon = daemons(binary, config)
+    frames = dataset.config["src"]["frames_per_sequence"]
+    daemon.epoch(0, 0, stop_after=frames + 1)
+    state = daemon.request({"cmd": "checkpoint"})["state"]
+    assert state["start_sequence_idx"] == 2
+    daemon.stop()
+    # Two ranks of half the batch each, resumed from the one-rank state.
+    two = daemon_config(dataset, tmp_path / "two", world_size=2, state_dir=str(tmp_path / "one" / "state"))
+    resumed = daemons(binary, two, "--resume")
+    for rank in (0, 1):
+        received, _ = resumed.epoch(rank, 0)
+        plan = support.nb_plan(binary, two, epoch=0, rank=rank, world_size=2, start_epoch=0, start_sequence=2)
+        assert [h["sequences"] for h, _ in received] == [p["sequences"] for p in plan] and plan
+        reference = dumped(binary, two, tmp_path, epoch=0, batch=len(plan) - 1, rank=rank, world_size=2,
+                           state={"start_epoch_idx": 0, "start_sequence_idx": 2})
+        assert digest(received[-1][1]) == digest(reference)
+
+
 def test_trainer_state_dict_selects_the_stream(binary, dataset, daemons, tmp_path):
     config = daemon_config(dataset, tmp_path)
     daemon = daemons(binary, config)
@@ -448,6 +470,21 @@ def test_ctl_status_and_checkpoint(binary, dataset, daemons, tmp_path):
     assert checkpoint["state"]["start_sequence_idx"] == 0 and Path(checkpoint["path"]).exists()
     missing = support.run(binary, "ctl", "--control", f"ipc://{tmp_path}/nobody.sock", "status", "--timeout", "0.5")
     assert missing.returncode == 1 and "no answer" in missing.stderr
+    assert stat.S_IMODE(os.stat(tmp_path / "control.sock").st_mode) == 0o600
+
+
+def test_systemd_notification(binary, dataset, daemons, tmp_path):
+    listener = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    listener.bind(path)
+    listener.settimeout(WAIT_S)
+    try:
+        daemon = daemons(binary, daemon_config(dataset, tmp_path), env={"NOTIFY_SOCKET": path})
+        assert b"READY=1" in listener.recv(4096)
+        assert daemon.stop() == 0
+        assert b"STOPPING=1" in listener.recv(4096)
+    finally:
+        listener.close()
 
 
 def test_memory_stays_bounded_over_epochs(binary, dataset, daemons, tmp_path):
