@@ -196,7 +196,12 @@ enum Fused {
         let range = exposure.y - exposure.x
         let cs = slab.channelStride
         @inline(__always) func bytes(_ p: UnsafePointer<UInt8>, _ lanes: Int) -> Lanes {
-            if lanes == 4 { return Lanes(UnsafeRawPointer(p).loadUnaligned(as: SIMD4<UInt8>.self)) }
+            if lanes == 4 {
+                // Bytes to floats exactly through the mantissa of 2^23 (vectorises; the generic
+                // conversion initialiser converts lane by lane).
+                let wide = SIMD4<UInt32>(truncatingIfNeeded: UnsafeRawPointer(p).loadUnaligned(as: SIMD4<UInt8>.self))
+                return unsafeBitCast(wide | 0x4b00_0000, to: Lanes.self) - 8_388_608
+            }
             var value = Lanes()
             for k in 0..<lanes { value[k] = Float(p[k]) }
             return value

@@ -67,12 +67,8 @@ enum Kernels {
     @inline(__always) static func squareRoot(_ x: Lanes) -> Lanes { nb_sqrt4(x) }
 
     /// Natural logarithm of each lane, within 2 ulp (numpy's own SIMD `log` is not exact either).
-    @inline(__always) static func log(_ x: Lanes) -> Lanes {
-        VectorMath.log(x) { Foundation.log($0) }
-    }
+    @inline(__always) static func log(_ x: Lanes) -> Lanes { nb_log4(x) }
 
     /// Exponential of each lane, within 2 ulp.
-    @inline(__always) static func exp(_ x: Lanes) -> Lanes {
-        VectorMath.exp(x) { Foundation.exp($0) }
-    }
+    @inline(__always) static func exp(_ x: Lanes) -> Lanes { nb_exp4(x) }
 }
