@@ -50,14 +50,11 @@ public final class ZarrArray {
         let chunks = metadata.chunks
         let itemSize = dataType.itemSize
         let regionShape = region.map(\.count)
-        let first = (0..<rank).map { region[$0].lowerBound / chunks[$0] }
-        let last = (0..<rank).map { (region[$0].upperBound - 1) / chunks[$0] }
-        var index = first
         var lower = [Int](repeating: 0, count: rank)
         var extent = [Int](repeating: 0, count: rank)
         var chunkOrigin = [Int](repeating: 0, count: rank)
         var regionOrigin = [Int](repeating: 0, count: rank)
-        while true {
+        try forEachChunkIndex(intersecting: region) { (index) throws(ZarrError) in
             for d in 0..<rank {
                 let start = index[d] * chunks[d]
                 lower[d] = max(region[d].lowerBound, start)
@@ -69,36 +66,18 @@ public final class ZarrArray {
                 itemSize: itemSize, extent: extent, sourceShape: chunks, sourceOrigin: chunkOrigin,
                 destinationShape: regionShape, destinationOrigin: regionOrigin)
             try readChunk(index, block: block, into: destination)
-            // Advance the odometer over the intersecting chunk grid, last dimension fastest.
-            var d = rank - 1
-            while d >= 0 {
-                index[d] += 1
-                if index[d] <= last[d] { break }
-                index[d] = first[d]
-                d -= 1
-            }
-            if d < 0 { break }
         }
     }
 
-    /// Calls `body` with each chunk that intersects `region`, decoded (missing chunks filled with the
-    /// fill value), and the grid coordinates of its first element. The buffer is the array's reused scratch
-    /// chunk: valid only during the call. For callers that transform while they copy (one pass instead of
-    /// a region read followed by a second pass).
-    public func forEachChunk(intersecting region: [Range<Int>], _ body: (_ origin: [Int], _ chunk: UnsafeRawBufferPointer) throws -> Void) throws {
-        try check(region)
-        if region.contains(where: { $0.isEmpty }) { return }
+    /// Visits the grid position of every chunk that intersects a checked, non-empty `region`, last
+    /// dimension fastest (an odometer over the intersecting part of the chunk grid).
+    private func forEachChunkIndex<Failure: Error>(intersecting region: [Range<Int>], _ body: ([Int]) throws(Failure) -> Void) throws(Failure) {
         let chunks = metadata.chunks
         let first = region.indices.map { region[$0].lowerBound / chunks[$0] }
         let last = region.indices.map { (region[$0].upperBound - 1) / chunks[$0] }
-        let buffer = scratchBuffer()
-        let whole = BlockCopy(
-            itemSize: dataType.itemSize, extent: chunks, sourceShape: chunks, sourceOrigin: chunks.map { _ in 0 },
-            destinationShape: chunks, destinationOrigin: chunks.map { _ in 0 })
         var index = first
         while true {
-            if try !decode(key: chunkKey(index), into: buffer) { whole.fill(buffer, with: metadata.fillBytes) }
-            try body(zip(index, chunks).map { $0 * $1 }, UnsafeRawBufferPointer(buffer))
+            try body(index)
             var d = index.count - 1
             while d >= 0 {
                 index[d] += 1
@@ -110,28 +89,35 @@ public final class ZarrArray {
         }
     }
 
+    /// Calls `body` with each chunk that intersects `region`, decoded (missing chunks filled with the
+    /// fill value), and the grid coordinates of its first element. The buffer is the array's reused scratch
+    /// chunk: valid only during the call. For callers that transform while they copy (one pass instead of
+    /// a region read followed by a second pass).
+    public func forEachChunk(intersecting region: [Range<Int>], _ body: (_ origin: [Int], _ chunk: UnsafeRawBufferPointer) throws -> Void) throws {
+        try check(region)
+        if region.contains(where: { $0.isEmpty }) { return }
+        let chunks = metadata.chunks
+        let buffer = scratchBuffer()
+        let whole = BlockCopy(
+            itemSize: dataType.itemSize, extent: chunks, sourceShape: chunks, sourceOrigin: chunks.map { _ in 0 },
+            destinationShape: chunks, destinationOrigin: chunks.map { _ in 0 })
+        try forEachChunkIndex(intersecting: region) { index in
+            if try !decode(key: chunkKey(index), into: buffer) { whole.fill(buffer, with: metadata.fillBytes) }
+            try body(zip(index, chunks).map { $0 * $1 }, UnsafeRawBufferPointer(buffer))
+        }
+    }
+
     /// Decodes every chunk that intersects `region` into the scratch buffer and nothing more: the
     /// decompression floor of a region read, for benchmarks. Returns the decoded byte count.
     public func decodeChunks(intersecting region: [Range<Int>]) throws(ZarrError) -> Int {
         try check(region)
         if region.contains(where: { $0.isEmpty }) { return 0 }
-        let chunks = metadata.chunks
-        let first = region.indices.map { region[$0].lowerBound / chunks[$0] }
-        let last = region.indices.map { (region[$0].upperBound - 1) / chunks[$0] }
         let buffer = scratchBuffer()
-        var index = first
         var decoded = 0
-        while true {
+        try forEachChunkIndex(intersecting: region) { (index) throws(ZarrError) in
             if try decode(key: chunkKey(index), into: buffer) { decoded += buffer.count }
-            var d = index.count - 1
-            while d >= 0 {
-                index[d] += 1
-                if index[d] <= last[d] { break }
-                index[d] = first[d]
-                d -= 1
-            }
-            if d < 0 { return decoded }
         }
+        return decoded
     }
 
     /// Decodes every stored chunk and reports each one that fails, without stopping at the first.
