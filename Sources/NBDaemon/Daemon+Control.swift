@@ -52,7 +52,9 @@ extension Daemon {
             let epoch = try integer(request, "epoch")
             var resume: ResumeState?
             if let state = request["state"] as? [String: Any], !state.isEmpty {
-                resume = ResumeState(startEpoch: try integer(state, "start_epoch_idx"), startSequence: try integer(state, "start_sequence_idx"))
+                let given = ResumeState(startEpoch: try integer(state, "start_epoch_idx"), startSequence: try integer(state, "start_sequence_idx"))
+                // As in noisebase, a state only slices the epoch it names.
+                resume = given.startEpoch == epoch ? given : nil
             } else if stage == .train, let resumeState, resumeState.startEpoch == epoch {
                 resume = resumeState.resumeState
             }
@@ -78,7 +80,7 @@ extension Daemon {
             let stream = try stream(request)
             let epoch = try integer(request, "epoch")
             if stream.active, stream.epoch == epoch, try stage(request) == stream.stage {
-                stream.consumed = max(stream.consumed, min(try integer(request, "batches"), stream.nextSend))
+                stream.acknowledge(try integer(request, "batches"))
             }
             return ["ok": true, "consumed": stream.consumed]
         case "length":
@@ -111,11 +113,11 @@ extension Daemon {
     /// `{start_epoch_idx, start_sequence_idx}` of the first sequence group not every rank has fully
     /// consumed in the oldest train epoch being served.
     func currentState() -> ResumeStateFile? {
-        let train = ranks.compactMap { streams[$0] }.filter { $0.active && $0.stage == .train }
+        let progress = ranks.compactMap { streams[$0]?.trainProgress }
         var position: ResumeState? = resumeState?.resumeState
-        if train.count == ranks.count, let epoch = train.map(\.epoch).min() {
-            let current = train.filter { $0.epoch == epoch }
-            if current.allSatisfy({ $0.consumed >= $0.plans.count }) && current.count == train.count {
+        if progress.count == ranks.count, let epoch = progress.map(\.epoch).min() {
+            let current = progress.filter { $0.epoch == epoch }
+            if current.count == progress.count && current.allSatisfy({ $0.consumed >= $0.batches }) {
                 position = ResumeState(startEpoch: epoch + 1, startSequence: 0)
             } else {
                 let frames = config.source.framesPerSequence
@@ -147,6 +149,9 @@ extension Daemon {
             "worker_restarts": restarts, "errors": errors, "uptime_s": uptime, "frames_per_s": Double(framesSent) / uptime,
             "bytes_per_s": Double(bytesSent) / uptime, "queued_tasks": taskQueue.count, "control": controlEndpoint,
             "rss_mb": Self.residentMegabytes(pid: getpid()) + workerStatus.reduce(0.0) { $0 + ($1["rss_mb"] as? Double ?? 0) },
+            // What a client needs to interpret the stream without the config.
+            "frames_per_sequence": config.source.framesPerSequence, "batch_size": layout.batchSize,
+            "data_path": config.dataPath, "files": config.source.files.text, "sequences": config.source.sequences,
         ]
         if let state = currentState() {
             reply["resume_state"] = ["start_epoch_idx": state.startEpoch, "start_sequence_idx": state.startSequence]

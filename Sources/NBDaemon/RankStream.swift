@@ -28,6 +28,16 @@ final class RankStream {
     /// Buffers of an abandoned epoch that still have tasks in flight; freed when those answer.
     var orphaned: Set<Int> = []
 
+    /// The last train epoch this rank streamed and how far it was consumed: kept while the rank streams
+    /// validation, so a checkpoint taken then still records the training position.
+    struct TrainProgress {
+        var epoch: Int
+        var consumed: Int
+        var batches: Int
+        var resume: ResumeState?
+    }
+    var trainProgress: TrainProgress?
+
     final class Assembly {
         let buffer: Int
         var remaining: Int
@@ -59,6 +69,15 @@ final class RankStream {
         assemblies.removeAll()
         orphaned = Set(bufferIndices.filter { (inflight[$0] ?? 0) > 0 })
         freeBuffers = bufferIndices.filter { !orphaned.contains($0) }
+        if stage == .train {
+            trainProgress = TrainProgress(epoch: epoch, consumed: 0, batches: plans.count, resume: resume)
+        }
+    }
+
+    /// Records acknowledged consumption (and the training position when this is a train stream).
+    func acknowledge(_ batches: Int) {
+        consumed = max(consumed, min(batches, nextSend))
+        if stage == .train, trainProgress?.epoch == epoch { trainProgress?.consumed = consumed }
     }
 
     /// Sends the current epoch again from the first batch the trainer has not acknowledged (a trainer

@@ -308,6 +308,18 @@ def test_checkpoint_kill_restart_resumes_exactly(binary, dataset, daemons, tmp_p
     assert [digest(a) for _, a in resumed.epoch(0, 1)[0]] == [digest(a) for _, a in uninterrupted.epoch(0, 1)[0]]
 
 
+def test_checkpoint_during_validation_keeps_the_training_position(binary, dataset, daemons, tmp_path):
+    daemon = daemons(binary, daemon_config(dataset, tmp_path))
+    frames = dataset.config["src"]["frames_per_sequence"]
+    daemon.epoch(0, 0, stop_after=frames + 1)
+    daemon.epoch(0, 0, "val")
+    state = daemon.request({"cmd": "checkpoint"})["state"]
+    assert (state["start_epoch_idx"], state["start_sequence_idx"]) == (0, 2)
+    status = daemon.request({"cmd": "status"})
+    assert status["frames_per_sequence"] == frames and status["batch_size"] == 2
+    assert status["resume_state"] == {"start_epoch_idx": 0, "start_sequence_idx": 2}
+
+
 def test_resume_with_another_world_size(binary, dataset, daemons, tmp_path):
     config = daemon_config(dataset, tmp_path / "one")
     daemon = daemons(binary, config)
