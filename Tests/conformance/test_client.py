@@ -1,0 +1,855 @@
+"""The Python trainer client (clients/python, package `nbserve`) against a real daemon.
+
+Every batch the client yields must be noisebase 1.1.1's own batch for that position (its real loader code, run
+by Tests/fixtures/noisebase_oracle.py with torch stubbed where torch is missing), with noisebase's keys, nesting,
+key order, shapes and dtypes, and the same tolerances as test_loader.py. Also: end of epoch, `len`, two ranks
+covering the epoch once, checkpoint -> drop the loader -> `load_state_dict` on a fresh one -> the rest of the
+epoch, acknowledged consumption in `nb-serve ctl checkpoint`, BatchError for a corrupt chunk, TimeoutError for a
+dead or stalled daemon, zero-copy arrays, the numpy backprojection, atomic checkpoint files and the CLI.
+
+The torch and Lightning tests run where those are installed. Where they are not, they are skipped with the
+reason "torch is not installed" and the run ends with a notice listing them (never a silent pass).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loader_support as support
+
+CLIENT_DIR = support.REPO_ROOT / "clients" / "python"
+sys.path.insert(0, str(CLIENT_DIR))
+
+import nbserve  # noqa: E402  (the working copy in clients/python)
+from nbserve import _atomic  # noqa: E402
+from nbserve.sampler import SamplerState  # noqa: E402
+
+WAIT_S = 30
+
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+HAVE_LIGHTNING = HAVE_TORCH and importlib.util.find_spec("lightning") is not None
+NO_TORCH = "torch is not installed (pip install torch to run the nbserve.torch tests)"
+NO_LIGHTNING = ("torch is not installed (pip install torch lightning to run the nbserve.lightning tests)"
+                if not HAVE_TORCH else "lightning is not installed (pip install lightning to run it)")
+requires_torch = pytest.mark.skipif(not HAVE_TORCH, reason=NO_TORCH)
+requires_lightning = pytest.mark.skipif(not HAVE_LIGHTNING, reason=NO_LIGHTNING)
+
+_NOT_RUN: list[str] = []
+
+
+class _TorchNotice:
+    """Ends the terminal report with the torch / Lightning tests of this file that did not run."""
+
+    def pytest_runtest_logreport(self, report):
+        if report.skipped and report.when == "setup" and "test_client.py" in report.nodeid:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            if "not installed" in reason:
+                _NOT_RUN.append(report.nodeid.split("::")[-1])
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if _NOT_RUN:
+            terminalreporter.write_sep("!", "nbserve torch / Lightning tests NOT RUN", yellow=True, bold=True)
+            terminalreporter.write_line(
+                f"torch{'' if HAVE_TORCH else ' is not installed'}"
+                f"{'' if HAVE_LIGHTNING or not HAVE_TORCH else ', lightning is not installed'}: "
+                f"{len(_NOT_RUN)} tests of Tests/conformance/test_client.py were not run:")
+            for name in _NOT_RUN:
+                terminalreporter.write_line(f"  {name}")
+            terminalreporter.write_line("install torch and lightning and run the suite again to run them")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_notice(request):
+    if not request.config.pluginmanager.has_plugin("nbserve-torch-notice"):
+        request.config.pluginmanager.register(_TorchNotice(), "nbserve-torch-notice")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Dataset, daemons, oracle
+
+# 8 sequences of 4 frames, val_split 0.25: 2 validation sequences (one group of 2), 6 training ones (three
+# groups of 2, i.e. 12 batches an epoch; with two ranks, three groups of 1 on each).
+FRAMES = 4
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def binary() -> Path:
+    return support.require_binary()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> support.Dataset:
+    root = tmp_path_factory.mktemp("client-data")
+    return support.generate_dataset(
+        root, "client", sequences=8, frames=FRAMES, crop=16, samples=4, height=48, width=80, seed=3,
+        reference_samples=4, loader={"batch_size": BATCH, "val_split": 0.25, "samples": 4})
+
+
+def nb_config(dataset) -> dict:
+    """noisebase's loader config, as a trainer passes it (gives the `file` key and the sampler geometry)."""
+    return {key: dataset.config[key] for key in ("src", "data_path", "batch_size")}
+
+
+def daemon_config(dataset, directory: Path, data_path: Path | None = None, **serve) -> Path:
+    config = support.merged_config(dataset.config, {"num_workers": 2})
+    if data_path is not None:
+        config["data_path"] = str(data_path)
+    config["serve"] = {
+        "world_size": 1,
+        "endpoint": f"ipc://{directory}/rank{{rank}}.sock",
+        "control": f"ipc://{directory}/control.sock",
+        "prefetch": 3,
+        "state_dir": str(directory / "state"),
+        **serve,
+    }
+    return support.write_config(directory / "config.yaml", config)
+
+
+class Daemon:
+    """A running `nb-serve run` (stopped and reaped by the `daemons` fixture)."""
+
+    def __init__(self, binary: Path, config: Path):
+        self.config_path = config
+        self.config = yaml.safe_load(open(config))
+        self.control = self.config["serve"]["control"]
+        self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen([str(binary), "run", "--config", str(config)], stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                self.request({"cmd": "status"}, timeout_s=0.5)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def request(self, body: dict, timeout_s: float = WAIT_S) -> dict:
+        context = zmq.Context.instance()
+        socket = context.socket(zmq.REQ)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.control)
+        try:
+            socket.send_json(body)
+            if not socket.poll(int(timeout_s * 1000)):
+                raise TimeoutError(f"no reply to {body}")
+            return socket.recv_json()
+        finally:
+            socket.close()
+
+    def rank_status(self, rank: int = 0) -> dict:
+        return next(r for r in self.request({"cmd": "status"})["ranks"] if r["rank"] == rank)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def daemons():
+    started: list[Daemon] = []
+
+    def start(*args, **kwargs) -> Daemon:
+        daemon = Daemon(*args, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(binary, dataset, tmp_path_factory):
+    """One daemon for the tests that only read streams (each test closes its loaders)."""
+    daemon = Daemon(binary, daemon_config(dataset, tmp_path_factory.mktemp("shared")))
+    yield daemon
+    daemon.stop(signal.SIGKILL)
+
+
+def oracle_epoch(config: dict, stage: str, epoch: int, *, world_size=1, rank=0, state=None) -> list[dict]:
+    """noisebase's own batches of one epoch (numpy, collated by its collate_fixes)."""
+    loader = support.build_oracle(config, stage=stage, world_size=world_size, rank=rank,
+                                  start_epoch=state and state["start_epoch_idx"],
+                                  start_sequence=state and state["start_sequence_idx"])
+    batches = []
+    for number in range(len(support.oracle_index_batches(loader, epoch))):
+        batches.append(support.oracle_batch(loader, epoch, number))
+    return batches
+
+
+def assert_equal_to_noisebase(actual: dict, expected: dict, where: str, with_file: bool = True):
+    """Same keys in the same order and nesting, noisebase's `file` (given noisebase's config), and
+    test_loader.py's tolerances."""
+    keys = [key for key in expected if with_file or key != "file"]
+    assert list(actual) == keys, f"{where}: keys {list(actual)} != noisebase's {keys}"
+    assert list(actual["prev_camera"]) == list(expected["prev_camera"]), where
+    if with_file:
+        assert actual["file"] == list(expected["file"]), where
+    flat_actual = support.flatten_batch(actual)
+    flat_expected = support.flatten_batch(expected)
+    problems = support.compare_batch(flat_actual, flat_expected, where, support.ErrorLog())
+    assert not problems, "\n".join(problems)
+    assert isinstance(actual["frame_index"], np.ndarray) and actual["frame_index"].shape == ()
+    assert actual["frame_index"].dtype == np.int64
+
+
+def assert_epoch_equals_noisebase(actual: list, expected: list, where: str, with_file: bool = True):
+    assert len(actual) == len(expected), f"{where}: {len(actual)} batches, noisebase {len(expected)}"
+    for number, (a, b) in enumerate(zip(actual, expected)):
+        assert_equal_to_noisebase(a, b, f"{where} batch {number}", with_file)
+
+
+def digest(batch: dict) -> str:
+    """A fingerprint of a batch's tensors, for comparing nb-serve with nb-serve (not with noisebase, whose
+    computed keys differ in the last bits: those comparisons go through assert_equal_to_noisebase)."""
+    hasher = hashlib.sha256()
+    for name, value in sorted(support.flatten_batch(batch).items()):
+        hasher.update(f"{name}:{value.dtype.str}:{value.shape}".encode())
+        hasher.update(np.ascontiguousarray(value).tobytes())
+    return hasher.hexdigest()
+
+
+def epoch_digests(loader) -> list[str]:
+    return [digest(batch) for batch in loader]
+
+
+def as_numpy(batch: dict) -> dict:
+    """A torch batch as numpy (views of the same memory)."""
+    return {key: ({k: v.numpy() for k, v in value.items()} if isinstance(value, dict)
+                  else value if isinstance(value, list) else value.numpy()) for key, value in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Streams equal noisebase's loader
+
+
+@pytest.mark.parametrize("stage", ["train", "val"])
+def test_epochs_equal_noisebase_batch_for_batch(shared_daemon, dataset, stage):
+    # The daemon's whole YAML (noisebase's keys and serve:) passed as it is, as a switched trainer may.
+    config = {**shared_daemon.config, "stage": stage}
+    with nbserve.Loader(shared_daemon.control, timeout=WAIT_S, **config) as loader:
+        for epoch in (0, 1):  # counted like noisebase: the second iteration is epoch 1
+            expected = oracle_epoch(dataset.config, stage, epoch)
+            assert len(loader) == len(expected) > 0
+            received = 0
+            for number, batch in enumerate(loader):
+                assert number < len(expected), "more batches than noisebase's epoch"
+                assert loader.last_header["epoch"] == epoch
+                assert_equal_to_noisebase(batch, expected[number], f"{stage} epoch {epoch} batch {number}")
+                received += 1
+            assert received == len(expected), "the epoch ended early"
+            assert loader.batch_sampler.epoch_idx == epoch + 1
+            status = shared_daemon.rank_status()
+            assert (status["stage"], status["epoch"], status["consumed"]) == (stage, epoch, len(expected))
+
+
+def test_get_epoch_overrides_the_count_and_len_is_the_daemons(shared_daemon, dataset, binary):
+    with nbserve.Loader(shared_daemon.control, get_epoch=lambda: 5, **nb_config(dataset)) as loader:
+        plan = support.nb_plan(binary, shared_daemon.config_path, epoch=5)
+        assert len(loader) == len(plan) == 3 * FRAMES
+        batches = list(loader)
+        assert_epoch_equals_noisebase(batches, oracle_epoch(dataset.config, "train", 5), "epoch 5")
+        assert [digest(batch) for batch in loader] == [digest(batch) for batch in batches]  # epoch 5 again
+
+
+def test_arrays_wrap_the_received_frames_without_copying(shared_daemon, dataset):
+    with nbserve.Loader(shared_daemon.control, **nb_config(dataset)) as loader:
+        batch = next(iter(loader))
+        arrays = dict(support.flatten_batch(batch))
+        arrays["frame_index"] = batch["frame_index"]
+        addresses = set()
+        for name, array in arrays.items():
+            assert isinstance(array, np.ndarray), name
+            assert not array.flags.owndata, f"{name} owns its data: it was copied"
+            base = array
+            while isinstance(base, np.ndarray):
+                base = base.base
+            assert isinstance(base, memoryview), f"{name} is not a view of a buffer"
+            assert isinstance(base.obj, zmq.Frame), f"{name} does not wrap a received ZeroMQ frame"
+            addresses.add(id(base.obj))
+        assert len(addresses) == len(arrays), "each tensor has its own frame"
+
+
+@pytest.mark.parametrize("taken, configured", [(3, True), (6, False)],
+                         ids=["first-group", "second-group-geometry-from-stream"])
+def test_validation_mid_epoch_then_training_continues_exactly(shared_daemon, dataset, taken, configured):
+    config = nb_config(dataset) if configured else {}
+    train = nbserve.Loader(shared_daemon.control, "train", get_epoch=lambda: 0, **config)
+    val = nbserve.Loader(shared_daemon.control, "val", get_epoch=lambda: 0, **config)
+    try:
+        assert train._channel is val._channel, "a second PULL socket on a rank endpoint would split the stream"
+        expected_train = epoch_digests(train)
+        expected_val = list(val)
+        assert_epoch_equals_noisebase(expected_val, oracle_epoch(dataset.config, "val", 0), "val epoch 0",
+                                      with_file=configured)
+        iterator = iter(train)
+        head = [digest(next(iterator)) for _ in range(taken)]
+        # Validation in the middle of the training epoch: the daemon streams one epoch per rank, so this
+        # abandons the train stream...
+        assert epoch_digests(val) == [digest(b) for b in expected_val]
+        # ...and the train iterator goes on where it was (asked again from its sequence group's start).
+        assert head + [digest(b) for b in iterator] == expected_train
+        # The continued stream starts at the interrupted group: its acknowledgements count from there.
+        assert shared_daemon.rank_status()["consumed"] == len(expected_train) - taken // FRAMES * FRAMES
+        # Abandoned mid-epoch and a new iteration of the same (stage, epoch): fenced, from the start, exact.
+        iterator = iter(train)
+        assert [digest(next(iterator)) for _ in range(2)] == expected_train[:2]
+        assert epoch_digests(train) == expected_train
+        # The abandoned iterator, resumed, still goes on where it was.
+        assert digest(next(iterator)) == expected_train[2]
+        iterator.close()
+    finally:
+        train.close()
+        val.close()
+
+
+def test_two_ranks_receive_the_whole_epoch_once(binary, dataset, daemons, tmp_path):
+    daemon = daemons(binary, daemon_config(dataset, tmp_path, world_size=2))
+    seen = []
+    for rank in (0, 1):
+        with nbserve.Loader(daemon.control, rank=rank, world_size=2, **nb_config(dataset)) as loader:
+            expected = oracle_epoch(dataset.config, "train", 0, world_size=2, rank=rank)
+            assert len(loader) == len(expected) == 3 * FRAMES
+            received = 0
+            for number, batch in enumerate(loader):
+                assert_equal_to_noisebase(batch, expected[number], f"rank {rank} batch {number}")
+                assert len(loader.last_header["sequences"]) == BATCH // 2
+                seen += [(sequence, int(batch["frame_index"])) for sequence in loader.last_header["sequences"]]
+                received += 1
+            assert received == len(expected)
+    whole = oracle_epoch(dataset.config, "train", 0)  # world size 1: the whole epoch
+    train_sequences = {int(Path(f).stem[len("scene"):]) for batch in whole for f in batch["file"]}
+    assert sorted(seen) == sorted((s, f) for s in train_sequences for f in range(FRAMES)), \
+        "the two ranks together must cover every training sequence's every frame exactly once"
+
+
+def test_rank_and_world_size_must_match_the_daemon(binary, dataset, daemons, tmp_path):
+    both = daemons(binary, daemon_config(dataset, tmp_path / "both", world_size=2))
+    with pytest.raises(nbserve.DaemonError, match="world size of 2"):
+        nbserve.Loader(both.control)
+    only_one = daemons(binary, daemon_config(dataset, tmp_path / "one", world_size=2, ranks=[1]))
+    with pytest.raises(nbserve.DaemonError, match=r"does not serve rank 0 \(it serves ranks \[1\]"):
+        nbserve.Loader(only_one.control, rank=0, world_size=2)
+    with nbserve.Loader(only_one.control, rank=1, world_size=2) as loader:
+        assert loader.endpoint == f"ipc://{tmp_path / 'one'}/rank1.sock"
+    with pytest.raises(TypeError, match="timeuot"):
+        nbserve.Loader(only_one.control, timeuot=1)  # a misspelt argument is not taken for a config key
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint and resume
+
+
+def test_sampler_checkpoint_is_noisebases_arithmetic():
+    """SamplerState.checkpoint against noisebase's own VideoSampler.checkpoint, geometry configured."""
+    video_sampler = support.oracle.import_noisebase().video_sampler
+    for frames, batch_size, world in ((4, 2, 1), (4, 2, 2), (64, 8, 4), (1, 3, 1)):
+        theirs = video_sampler.VideoSampler(batch_size, frames, 100)
+        theirs.num_replicas, theirs.batch_size = world, batch_size // world
+        ours = SamplerState(num_replicas=world, frames_per_sequence=frames, batch_size=batch_size // world)
+        for epoch in (0, 3):
+            for batch_idx in range(0, 3 * frames + 2):
+                assert ours.checkpoint(epoch, batch_idx) == theirs.checkpoint(epoch, batch_idx)
+                assert ours.cached_state == theirs.cached_state, (frames, batch_size, world, epoch, batch_idx)
+    # load_state_dict as noisebase's loader: {} changes nothing; a state sets the epoch counter too.
+    state = SamplerState()
+    state.load_state_dict({})
+    assert (state.epoch_idx, state.resume_request()) == (0, None)
+    state.load_state_dict({"start_epoch_idx": 3, "start_sequence_idx": 4})
+    assert (state.epoch_idx, state.get_epoch()) == (3, 3)
+    assert state.resume_request() == {"start_epoch_idx": 3, "start_sequence_idx": 4}
+
+
+def test_sampler_learns_its_geometry_from_the_stream_and_never_guesses():
+    ours = SamplerState(num_replicas=2)
+    stream = object()
+    assert ours.checkpoint(0, 0) and ours.cached_state == {"start_epoch_idx": 0, "start_sequence_idx": 0}
+    for batch in range(FRAMES):  # the first group: frames 0..3
+        ours.observe(stream, batch, batch, 3)
+        assert not ours.checkpoint(0, batch + 1)  # not known to be a boundary yet: not a safe point
+    ours.observe(stream, FRAMES, 0, 3)  # frame 0 again: a group has FRAMES frames and 3 sequences
+    assert (ours.frames_per_sequence, ours.batch_size) == (FRAMES, 3)
+    assert ours.checkpoint(1, FRAMES) and ours.cached_state == {"start_epoch_idx": 1, "start_sequence_idx": 6}
+    assert not ours.checkpoint(1, FRAMES + 1)
+
+
+@pytest.mark.parametrize("configured", [True, False], ids=["with-noisebase-config", "geometry-from-stream"])
+def test_checkpoint_drop_loader_resume_equals_uninterrupted(shared_daemon, dataset, configured):
+    config = nb_config(dataset) if configured else {}
+    with nbserve.Loader(shared_daemon.control, get_epoch=lambda: 0, **config) as uninterrupted:
+        expected = epoch_digests(uninterrupted)
+    reference = support.build_oracle(dataset.config, stage="train")
+    first = nbserve.Loader(shared_daemon.control, **config)
+    state = None
+    for batch_idx, batch in enumerate(first):
+        assert digest(batch) == expected[batch_idx]
+        boundary = first.batch_sampler.checkpoint(0, batch_idx)
+        assert boundary == reference.batch_sampler.checkpoint(0, batch_idx) == (batch_idx % FRAMES == 0)
+        assert first.state_dict() == reference.batch_sampler.cached_state
+        if batch_idx == 2 * FRAMES:
+            state = first.state_dict()
+            first.batch_sampler.cached_state = reference.batch_sampler.cached_state = {}
+        if batch_idx == 2 * FRAMES + 2:
+            break  # the trainer dies two batches after its checkpoint
+    first.close()
+    del first
+    assert state == {"start_epoch_idx": 0, "start_sequence_idx": 2 * BATCH}
+
+    second = nbserve.Loader(shared_daemon.control, **config)
+    second.load_state_dict(state)
+    rest = list(second)
+    assert [digest(batch) for batch in rest] == expected[2 * FRAMES:], "the resumed epoch is not the rest"
+    # noisebase's loader after the same load_state_dict yields the same.
+    assert_epoch_equals_noisebase(rest, oracle_epoch(dataset.config, "train", 0, state=state), "resumed",
+                                  with_file=configured)
+    # and the next epoch is whole again
+    assert_epoch_equals_noisebase(list(second), oracle_epoch(dataset.config, "train", 1), "epoch 1",
+                                  with_file=configured)
+    second.close()
+
+
+def test_ctl_checkpoint_reflects_acknowledged_consumption(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path)
+    daemon = daemons(binary, config)
+
+    def ctl_checkpoint() -> dict:
+        result = support.run_ok(binary, "ctl", "--control", daemon.control, "checkpoint")
+        return json.loads(result.stdout)["state"]
+
+    with nbserve.Loader(daemon.control) as loader:
+        iterator = iter(loader)
+        for _ in range(FRAMES):
+            next(iterator)
+        # FRAMES batches received, FRAMES - 1 trained on (a batch counts once the next one is asked for).
+        assert daemon.rank_status()["consumed"] == FRAMES - 1
+        assert ctl_checkpoint()["start_sequence_idx"] == 0
+        next(iterator)
+        assert daemon.rank_status()["consumed"] == FRAMES
+        state = ctl_checkpoint()
+        assert (state["start_epoch_idx"], state["start_sequence_idx"]) == (0, BATCH)
+        for _ in iterator:
+            pass
+        assert daemon.rank_status()["consumed"] == 3 * FRAMES
+        state = ctl_checkpoint()
+        assert (state["start_epoch_idx"], state["start_sequence_idx"]) == (1, 0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Faults
+
+
+def corrupt_first_chunk(zip_path: Path, array: str) -> str:
+    with zipfile.ZipFile(zip_path) as archive:
+        info = next(i for i in archive.infolist()
+                    if i.filename.startswith(array + "/") and not i.filename.endswith(".zarray"))
+    with open(zip_path, "r+b") as fh:
+        fh.seek(info.header_offset + 26)
+        name_length, extra_length = np.frombuffer(fh.read(4), "<u2")
+        fh.seek(info.header_offset + 30 + name_length + extra_length + info.compress_size // 2)
+        fh.write(b"\xde\xad\xbe\xef" * 4)
+    return info.filename
+
+
+def test_corrupt_chunk_raises_batch_error_naming_file_array_chunk(binary, dataset, daemons, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(dataset.root, copy)
+    config = daemon_config(dataset, tmp_path, data_path=copy)
+    victim = support.nb_plan(binary, config, epoch=0)[0]["sequences"][0]
+    scene = copy / f"scene{victim:04d}.zip"
+    key = corrupt_first_chunk(scene, "color")
+    daemon = daemons(binary, config)
+
+    with nbserve.Loader(daemon.control, timeout=WAIT_S) as loader:
+        outcomes = []
+        for attempt in range(2):
+            good = []
+            with pytest.raises(nbserve.BatchError) as raised:
+                for batch in loader:
+                    good.append(digest(batch))
+            error = raised.value
+            assert (error.file, error.array, error.chunk) == (str(scene), "color", key)
+            assert error.reason and error.epoch == 0 and error.batch == len(good)
+            assert str(scene) in str(error) and key in str(error) and "'color'" in str(error)
+            outcomes.append((good, error.batch))
+        # The epoch did not finish, so the next iteration asks for epoch 0 again and meets the same batch.
+        assert outcomes[0] == outcomes[1]
+        assert loader.batch_sampler.epoch_idx == 0
+        assert daemon.request({"cmd": "status"})["ok"]
+
+
+def test_dead_daemon_raises_timeout_not_a_hang(binary, dataset, daemons, tmp_path):
+    daemon = daemons(binary, daemon_config(dataset, tmp_path))
+    loader = nbserve.Loader(daemon.control, timeout=1.0)
+    iterator = iter(loader)
+    next(iterator)
+    daemon.stop(signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="nb-serve"):
+        for _ in range(100):
+            next(iterator)
+    assert time.monotonic() - started < 5
+    loader.close()
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not answer 'status'"):
+        nbserve.Loader(f"ipc://{tmp_path}/nobody.sock", timeout=0.5)
+    assert time.monotonic() - started < 3
+
+
+def test_stalled_stream_raises_timeout(binary, dataset, daemons, tmp_path):
+    """The daemon answers, but no batch comes (its workers are stopped): TimeoutError, not a hang."""
+    daemon = daemons(binary, daemon_config(dataset, tmp_path))
+    workers = [worker["pid"] for worker in daemon.request({"cmd": "status"})["workers"]]
+    loader = nbserve.Loader(daemon.control, timeout=1.0)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="no message from nb-serve"):
+            next(iter(loader))
+        assert time.monotonic() - started < 5
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        loader.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# backproject_pixel_centers
+
+
+def backproject_reference(motion, crop_offset, prev_crop_offset, as_grid):
+    """An independent transcription of noisebase/torch/projective.py's backproject_pixel_centers, pixel by
+    pixel in float32, in the operation order of its expression:
+
+        pixel_pos = pixel_grid + motion - prev_crop_offset[..., None, None] + crop_offset[..., None, None]
+        as_grid:  xy = flip(pixel_pos, channels) + 0.5;  image_pos = xy / [width, height];  image_pos * 2 - 1
+
+    where pixel_grid[0] is the row index i and pixel_grid[1] the column index j, and torch's type promotion
+    turns the int32 offsets into float32 before they are subtracted / added."""
+    f = np.float32
+    n, _, height, width = motion.shape
+    pos = np.empty((n, 2, height, width), np.float32)
+    for b in range(n):
+        for c in range(2):
+            for i in range(height):
+                for j in range(width):
+                    grid = f(i) if c == 0 else f(j)
+                    value = f(grid + motion[b, c, i, j])
+                    value = f(value - f(prev_crop_offset[b, c]))
+                    pos[b, c, i, j] = f(value + f(crop_offset[b, c]))
+    if not as_grid:
+        return pos
+    out = np.empty((n, height, width, 2), np.float32)
+    for b in range(n):
+        for i in range(height):
+            for j in range(width):
+                x = f(pos[b, 1, i, j] + f(0.5))
+                y = f(pos[b, 0, i, j] + f(0.5))
+                out[b, i, j, 0] = f(f(f(x / f(width)) * f(2)) - f(1))
+                out[b, i, j, 1] = f(f(f(y / f(height)) * f(2)) - f(1))
+    return out
+
+
+def backproject_inputs():
+    rng = np.random.default_rng(7)
+    motion = (rng.standard_normal((2, 2, 5, 7)) * 3).astype(np.float32)
+    crop = rng.integers(-40, 200, (2, 2)).astype(np.int32)
+    prev = rng.integers(-40, 200, (2, 2)).astype(np.int32)
+    return motion, crop, prev
+
+
+@pytest.mark.parametrize("as_grid", [False, True])
+def test_backproject_pixel_centers_np_equals_noisebases_formula(as_grid):
+    motion, crop, prev = backproject_inputs()
+    ours = nbserve.backproject_pixel_centers_np(motion, crop, prev, as_grid=as_grid)
+    expected = backproject_reference(motion, crop, prev, as_grid)
+    assert ours.dtype == np.float32 and ours.shape == expected.shape
+    assert ours.tobytes() == expected.tobytes()
+
+
+def test_backproject_on_a_served_batch(shared_daemon, dataset):
+    with nbserve.Loader(shared_daemon.control, get_epoch=lambda: 0) as loader:
+        batches = list(loader)
+    batch = batches[1]  # frame 1: real motion
+    motion = np.ascontiguousarray(batch["motion"][..., 0])
+    grid = nbserve.backproject_pixel_centers_np(motion, batch["crop_offset"], batch["prev_camera"]["crop_offset"],
+                                                as_grid=True)
+    assert grid.shape == (BATCH, 16, 16, 2) and grid.dtype == np.float32
+    expected = backproject_reference(motion, batch["crop_offset"], batch["prev_camera"]["crop_offset"], True)
+    assert grid.tobytes() == expected.tobytes()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic checkpoint files (what MidepochCheckpoint writes with), the CLI, packaging
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt" / "last.ckpt"
+    target.parent.mkdir()
+    target.write_bytes(b"old checkpoint")
+
+    def crashing(path):
+        with open(path, "wb") as fh:
+            fh.write(b"half a new checkp")
+        raise KeyboardInterrupt("killed during the save")
+
+    with pytest.raises(KeyboardInterrupt):
+        _atomic.atomic_write(str(target), crashing)
+    assert target.read_bytes() == b"old checkpoint"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    _atomic.atomic_write(str(target), lambda path: Path(path).write_bytes(b"new checkpoint"))
+    assert target.read_bytes() == b"new checkpoint"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+    assert synced[0].endswith(".last.ckpt.nbserve-tmp"), "the new file is synced before the rename"
+    assert synced[-1] == str(target.parent), "the directory is synced after the rename"
+
+    # A non-owning rank only takes part in the write.
+    _atomic.atomic_write(str(target), lambda path: None, commit_here=False)
+    assert target.read_bytes() == b"new checkpoint"
+
+
+def test_cli_status_and_pull(shared_daemon, tmp_path):
+    # A PULL socket still open in this process would take every other batch from the CLI's.
+    assert not [key for key in nbserve._transport.Channel._registry if "shared" in key[1]], "a loader was not closed"
+    env = {**os.environ, "PYTHONPATH": str(CLIENT_DIR)}
+
+    def nbserve_cli(*args, timeout=WAIT_S):
+        return subprocess.run([sys.executable, "-m", "nbserve", *args], capture_output=True, text=True,
+                              env=env, timeout=timeout)
+
+    status = nbserve_cli("status", "--control", shared_daemon.control)
+    assert status.returncode == 0, status.stderr
+    assert "world size 1" in status.stdout and "rank 0 on ipc://" in status.stdout and "consumed" in status.stdout
+    assert "worker" in status.stdout
+    pulled = nbserve_cli("pull", "--control", shared_daemon.control, "--batches", "15")
+    assert pulled.returncode == 0, pulled.stderr
+    assert re.search(r"^  color +<f4 +\[2, 3, 16, 16, 4\]$", pulled.stdout, re.M), pulled.stdout
+    assert re.search(r"^  prev_camera\.crop_offset +<i4 +\[2, 2\]$", pulled.stdout, re.M), pulled.stdout
+    assert "15 batches, 30 frames" in pulled.stdout and "frames/s" in pulled.stdout
+    as_json = json.loads(nbserve_cli("status", "--control", shared_daemon.control, "--json").stdout)
+    assert as_json["ok"] and as_json["world_size"] == 1
+    missing = nbserve_cli("status", "--control", f"ipc://{tmp_path}/nobody.sock", "--timeout", "0.5")
+    assert missing.returncode == 1 and "did not answer" in missing.stderr
+
+
+def test_package_metadata_and_backend_fallback():
+    """The stdlib build backend reads pyproject.toml's [project]; its no-tomllib reader agrees with tomllib."""
+    sys.path.insert(0, str(CLIENT_DIR / "_build"))
+    try:
+        import nbserve_build
+    finally:
+        sys.path.remove(str(CLIENT_DIR / "_build"))
+    project = nbserve_build._project()
+    assert project["name"] == "nbserve" and project["version"] == nbserve.__version__
+    assert project["dependencies"] == ["pyzmq>=22", "numpy>=1.22"]
+    assert set(project["optional-dependencies"]) == {"torch", "lightning"}
+    assert nbserve_build._project_fallback(str(CLIENT_DIR / "pyproject.toml")) == project
+
+
+def test_pip_installs_the_client_offline(tmp_path):
+    """`pip install ./clients/python` builds with no download (the backend needs only the standard library)."""
+    if importlib.util.find_spec("pip") is None:
+        pytest.skip("pip is not available to this interpreter")
+    target = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--disable-pip-version-check",
+         "--target", str(target), str(CLIENT_DIR)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (target / "nbserve" / "loader.py").exists() and (target / "nbserve" / "torch.py").exists()
+    check = subprocess.run([sys.executable, "-c", "import nbserve, sys; print(nbserve.__file__)"],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(target)}, cwd=tmp_path)
+    assert check.returncode == 0 and str(target) in check.stdout, check.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch and Lightning (run where installed; otherwise skipped and listed at the end of the run)
+
+
+@requires_torch
+def test_torch_loader_yields_noisebases_tensors_without_copying(shared_daemon, dataset):
+    import torch
+    from nbserve.torch import TrainingSampleLoader_v1
+
+    loader = TrainingSampleLoader_v1(shared_daemon.control, get_epoch=lambda: 0, pin_memory=False,
+                                     **nb_config(dataset))
+    expected = oracle_epoch(dataset.config, "train", 0)
+    assert len(loader) == len(expected)
+    count = 0
+    for number, batch in enumerate(loader):
+        assert isinstance(batch["color"], torch.Tensor) and isinstance(batch["prev_camera"]["crop_offset"], torch.Tensor)
+        assert batch["frame_index"].dtype == torch.int64 and batch["frame_index"].dim() == 0
+        assert batch["color"].dtype == torch.float32 and batch["crop_offset"].dtype == torch.int32
+        if number == 0:
+            # torch.from_numpy over the frame: the tensor's memory is the numpy view's, which is the frame's
+            assert batch["color"].data_ptr() == batch["color"].numpy().__array_interface__["data"][0]
+            assert not batch["color"].numpy().flags.owndata
+        assert_equal_to_noisebase(as_numpy(batch), expected[number], f"torch batch {number}")
+        count += 1
+    assert count == len(expected)
+    loader.close()
+
+
+@requires_torch
+def test_torch_checkpoint_state_dict_resume(shared_daemon, dataset):
+    from nbserve.torch import TrainingSampleLoader_v1
+
+    expected = oracle_epoch(dataset.config, "train", 0)
+    first = TrainingSampleLoader_v1(shared_daemon.control, pin_memory=False, **nb_config(dataset))
+    for batch_idx, _ in enumerate(first):
+        if first.batch_sampler.checkpoint(0, batch_idx) and batch_idx == FRAMES:
+            state = first.state_dict()
+            first.batch_sampler.cached_state = {}
+            break
+    first.close()
+    assert state == {"start_epoch_idx": 0, "start_sequence_idx": BATCH}
+    second = TrainingSampleLoader_v1(shared_daemon.control, pin_memory=False, device="cpu", **nb_config(dataset))
+    second.load_state_dict(state)
+    rest = [as_numpy(batch) for batch in second]
+    assert_epoch_equals_noisebase(rest, expected[FRAMES:], "resumed torch epoch")
+    second.close()
+
+
+@requires_torch
+@pytest.mark.parametrize("as_grid", [False, True])
+def test_torch_backproject_equals_noisebase(as_grid):
+    import torch
+    from nbserve.torch import backproject_pixel_centers
+
+    support.oracle.import_noisebase()  # noisebase itself, with stand-ins for what is missing (hydra, ...)
+    import noisebase.torch.projective as projective
+
+    motion, crop, prev = backproject_inputs()
+    args = (torch.from_numpy(motion), torch.from_numpy(crop), torch.from_numpy(prev))
+    theirs = projective.backproject_pixel_centers(*args, as_grid=as_grid)
+    ours = backproject_pixel_centers(*args, as_grid=as_grid)
+    assert torch.equal(ours, theirs)
+    assert nbserve.backproject_pixel_centers_np(motion, crop, prev, as_grid=as_grid).tobytes() == theirs.numpy().tobytes()
+
+
+@requires_torch
+def test_example_train_ddp_runs_two_gloo_ranks(binary, dataset, tmp_path):
+    config = support.merged_config(dataset.config, {"num_workers": 2})
+    config["serve"] = {"world_size": 1, "endpoint": "tcp://127.0.0.1:{5560+rank}"}
+    path = support.write_config(tmp_path / "example.yaml", config)
+    result = subprocess.run(
+        [sys.executable, str(support.REPO_ROOT / "examples" / "train_ddp.py"), "--config", str(path),
+         "--nb-serve", str(binary), "--steps", "6", "--runtime-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=240,
+        env={**os.environ, "PYTHONPATH": str(CLIENT_DIR), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "rank 0 step 5" in result.stdout and "rank 1 step 5" in result.stdout
+    assert "parameters agree across ranks" in result.stdout
+
+
+@requires_lightning
+def test_lightning_midepoch_checkpoint_resumes_exactly(shared_daemon, dataset, tmp_path):
+    import lightning as L
+    import torch
+    from nbserve.lightning import MidepochCheckpoint, TrainingSampleLoader_v1
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Conv2d(3, 3, 1)
+            self.seen, self.validated = [], []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append((self.current_epoch, batch_idx, digest(as_numpy(batch))))
+            color = batch["color"].mean(-1)
+            return torch.nn.functional.mse_loss(self.net(color), batch["reference"])
+
+        def validation_step(self, batch, batch_idx):
+            self.validated.append((self.current_epoch, self.global_step, batch_idx))
+            self.log("val_loss", torch.nn.functional.mse_loss(self.net(batch["color"].mean(-1)), batch["reference"]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def trainer(directory, epochs, save_top_k=-1, save_last=False):
+        checkpoint = MidepochCheckpoint(dirpath=directory, every_n_train_steps=3, save_top_k=save_top_k,
+                                        save_last=save_last, filename="{epoch}-{step}")
+        # Validation also in the middle of each training epoch (after 6 of its 12 batches): the daemon streams
+        # one epoch per rank, so the train stream is interrupted and continued.
+        return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[checkpoint],
+                         val_check_interval=6), checkpoint
+
+    data = lambda: TrainingSampleLoader_v1(shared_daemon.control, pin_memory=False, **nb_config(dataset))
+    whole_model = Tiny()
+    whole, _ = trainer(tmp_path / "whole", 2)
+    whole.fit(whole_model, datamodule=data())
+    expected = {(e, b): d for e, b, d in whole_model.seen}
+    assert len(expected) == 2 * 3 * FRAMES
+    # validated mid-epoch (after step 6 of each epoch) and at each epoch's end, one val group of FRAMES each
+    assert sorted({(e, step) for e, step, _ in whole_model.validated}) == [(0, 6), (0, 12), (1, 18), (1, 24)]
+    assert len(whole_model.validated) == 4 * FRAMES
+    with nbserve.Loader(shared_daemon.control) as reference:
+        assert [d for _, _, d in whole_model.seen] == epoch_digests(reference) + epoch_digests(reference)
+
+    # Saves fall due every 3 steps but wait for a sequence boundary (every FRAMES batches).
+    files = sorted((tmp_path / "whole").glob("*.ckpt"))
+    assert files and not list((tmp_path / "whole").glob(".*nbserve-tmp*"))
+    mid_epoch = []
+    for path in files:
+        checkpoint = torch.load(path, weights_only=False)
+        states = checkpoint["loops"]["fit_loop"]["state_dict"].get("combined_loader", [{}])
+        state = states[0]
+        if state:
+            batch_idx = state["start_sequence_idx"] // BATCH * FRAMES
+            assert checkpoint["global_step"] == state["start_epoch_idx"] * 3 * FRAMES + batch_idx, path.name
+            mid_epoch.append((path, state))
+    assert mid_epoch, f"no mid-epoch checkpoint among {[f.name for f in files]}"
+
+    path, state = mid_epoch[0]
+    resumed_model = Tiny()
+    # This time keeping only the newest file and last.ckpt: both fall due at the same steps.
+    resumed, _ = trainer(tmp_path / "resumed", 2, save_top_k=1, save_last=True)
+    resumed.fit(resumed_model, datamodule=data(), ckpt_path=str(path))
+    first_batch = state["start_sequence_idx"] // BATCH * FRAMES
+    assert resumed_model.seen[0][:2] == (state["start_epoch_idx"], first_batch)
+    assert [(e, b, d) for e, b, d in resumed_model.seen] == [
+        (e, b, expected[(e, b)]) for e, b in sorted(expected) if (e, b) >= (state["start_epoch_idx"], first_batch)]
+    # Older files were removed only after newer ones were on disk; both deferred saves were made (noisebase's
+    # callback keeps one pending path, so last.ckpt would have replaced the top-k save).
+    kept = sorted(p.name for p in (tmp_path / "resumed").iterdir())
+    assert kept == ["epoch=1-step=24.ckpt", "last.ckpt"], kept
+    for name in kept:
+        assert torch.load(tmp_path / "resumed" / name, weights_only=False)["global_step"] == 24

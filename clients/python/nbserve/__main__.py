@@ -1,0 +1,135 @@
+"""python -m nbserve status|pull: a daemon's status for people, and a smoke test of one rank's stream."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from . import BatchError, DaemonError, Loader, ProtocolError, default_control
+from ._transport import ControlClient
+
+
+def _flatten(batch: dict, prefix: str = ""):
+    for key, value in batch.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def status_text(reply: dict) -> str:
+    lines = [
+        f"nb-serve pid {reply.get('pid')}, up {reply.get('uptime_s', 0):.0f} s, world size {reply.get('world_size')}: "
+        f"{reply.get('frames_per_s', 0):.1f} frames/s, {reply.get('bytes_per_s', 0) / 1e6:.1f} MB/s, "
+        f"RSS {reply.get('rss_mb', 0):.0f} MiB (daemon + workers), {reply.get('worker_restarts', 0)} worker restarts, "
+        f"{reply.get('queued_tasks', 0)} queued tasks",
+        f"control {reply.get('control', '')}",
+    ]
+    for rank in reply.get("ranks", []):
+        state = "streaming" if rank.get("active") else "idle"
+        lines.append(
+            f"rank {rank.get('rank')} on {rank.get('endpoint')}: {state}, {rank.get('stage')} epoch {rank.get('epoch')}: "
+            f"produced {rank.get('produced')}, sent {rank.get('sent')}, consumed {rank.get('consumed')} of "
+            f"{rank.get('batches')} batches; {rank.get('ready')} ready, {rank.get('errors')} errors")
+    for worker in reply.get("workers", []):
+        lines.append(f"worker {worker.get('pid')}: {worker.get('state')}, {worker.get('outstanding')} outstanding, "
+                     f"{worker.get('completed')} frames done, RSS {worker.get('rss_mb', 0):.0f} MiB")
+    state = reply.get("resume_state")
+    if state:
+        lines.append(f"resume state: start_epoch_idx {state.get('start_epoch_idx')}, "
+                     f"start_sequence_idx {state.get('start_sequence_idx')}")
+    for error in reply.get("errors", []):
+        lines.append(f"error: {error}")
+    return "\n".join(lines)
+
+
+def cmd_status(args) -> int:
+    reply = ControlClient(args.control, args.timeout).request({"cmd": "status"})
+    print(json.dumps(reply, indent=2, sort_keys=True) if args.json else status_text(reply))
+    return 0
+
+
+def cmd_pull(args) -> int:
+    get_epoch = (lambda: args.epoch) if args.epoch is not None else None
+    loader = Loader(args.control, stage=args.stage, rank=args.rank, world_size=args.world_size,
+                    get_epoch=get_epoch, timeout=args.timeout)
+    print(f"pulling {args.batches} batches of {loader.stage} from rank {loader.rank} of {loader.world_size} "
+          f"on {loader.endpoint} ({len(loader)} batches per epoch)")
+    received = frames = nbytes = 0
+    started = time.monotonic()
+    first = None
+    try:
+        while received < args.batches:
+            epoch_batches = 0
+            for batch in loader:
+                if first is None:
+                    first = time.monotonic() - started
+                    print(f"first batch after {first:.3f} s:")
+                    for name, value in _flatten(batch):
+                        if isinstance(value, np.ndarray):
+                            print(f"  {name:28s} {value.dtype.str:4s} {list(value.shape)}")
+                        else:
+                            print(f"  {name:28s} {type(value).__name__} of {len(value)}")
+                header = loader.last_header
+                frames += len(header["sequences"])
+                nbytes += sum(value.nbytes for _, value in _flatten(batch) if isinstance(value, np.ndarray))
+                received += 1
+                epoch_batches += 1
+                if received >= args.batches:
+                    break
+            if epoch_batches == 0:
+                print("the epoch has no batches for this rank")
+                break
+    except BatchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        loader.close()
+    seconds = max(time.monotonic() - started, 1e-9)
+    print(f"{received} batches, {frames} frames, {nbytes / 1e6:.1f} MB in {seconds:.2f} s: "
+          f"{received / seconds:.1f} batches/s, {frames / seconds:.1f} frames/s, {nbytes / 1e6 / seconds:.1f} MB/s")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nbserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--control", default=default_control(),
+                        help="the daemon's control endpoint (default: %(default)s)")
+    common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
+    status = sub.add_parser("status", parents=[common], help="the daemon's status, for people")
+    status.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
+    pull = sub.add_parser("pull", parents=[common],
+                          help="receive batches like a trainer of one rank; print shapes and throughput "
+                               "(not while a trainer uses that rank)")
+    pull.add_argument("--batches", type=int, default=100)
+    pull.add_argument("--rank", type=int, default=None, help="default: the first rank the daemon serves")
+    pull.add_argument("--world-size", type=int, default=None,
+                      help="default: the daemon's (pull is not a distributed job)")
+    pull.add_argument("--stage", default="train", choices=["train", "val", "validation"])
+    pull.add_argument("--epoch", type=int, default=None, help="default: epochs 0, 1, … as a trainer counts")
+    args = parser.parse_args(argv)
+    if args.command == "pull" and (args.world_size is None or args.rank is None):
+        try:
+            status = ControlClient(args.control, args.timeout).request({"cmd": "status"})
+        except (TimeoutError, DaemonError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        if args.world_size is None:
+            args.world_size = status["world_size"]
+        if args.rank is None:
+            args.rank = status["ranks"][0]["rank"] if status.get("ranks") else 0
+    try:
+        return cmd_status(args) if args.command == "status" else cmd_pull(args)
+    except (TimeoutError, DaemonError, ProtocolError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

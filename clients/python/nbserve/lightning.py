@@ -1,0 +1,124 @@
+"""nb-serve for Lightning trainers: drop-ins for noisebase's ``noisebase.loaders.lightning.TrainingSampleLoader_v1``
+and ``noisebase.lightning.MidepochCheckpoint``.
+
+    from nbserve.lightning import TrainingSampleLoader_v1, MidepochCheckpoint
+"""
+
+from __future__ import annotations
+
+from weakref import proxy
+
+try:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+except ImportError as error:  # pragma: no cover - exercised only where lightning is missing
+    raise ImportError("nbserve.lightning needs Lightning: pip install lightning (or nbserve[lightning])") from error
+
+from . import _atomic
+from .torch import TrainingSampleLoader_v1 as TorchLoader
+
+
+class TrainingSampleLoader_v1(L.LightningDataModule):
+    """A LightningDataModule serving the train and val stages from nb-serve; the epoch of each stream is
+    ``trainer.current_epoch``, and Lightning's distributed sampler replacement is turned off (the daemon
+    shards the data by rank), as noisebase's data module does.
+
+    control: the daemon's control endpoint; the other arguments go to ``nbserve.torch.TrainingSampleLoader_v1``
+    (pin_memory, timeout, and noisebase's config keys, which may be passed as they are).
+    """
+
+    def __init__(self, control: str | None = None, **loader_args):
+        super().__init__()
+        self.control = control
+        self.loader_args = loader_args
+
+    def setup(self, stage):
+        # We don't want Lightning to mess with the sampler (noisebase does the same).
+        self.trainer._accelerator_connector.use_distributed_sampler = False
+
+    def _loader(self, stage: str) -> TorchLoader:
+        args = dict(self.loader_args)
+        args["stage"] = stage
+        return TorchLoader(self.control, get_epoch=lambda: self.trainer.current_epoch, **args)
+
+    def train_dataloader(self):
+        return self._loader("train")
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+
+def _local(path: str) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+class MidepochCheckpoint(ModelCheckpoint):
+    """noisebase's MidepochCheckpoint: a ModelCheckpoint whose saves wait for the next sequence boundary
+    (``batch_sampler.checkpoint``), so the saved loader state resumes exactly; saves only during training.
+
+    Unlike noisebase's, every file is written atomically (a temporary file beside it, fsync, rename, fsync
+    of the directory), removals of older checkpoints wait until the deferred save is on disk, and several
+    saves scheduled before one boundary (a top-k file and last.ckpt) are all made. A crash during a save
+    leaves the previous checkpoints as they were.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._nbserve_pending: dict[str, str] = {}   # path -> "save" | "remove", the last operation asked
+
+    # ModelCheckpoint's own calls are recorded, and carried out at the next safe point.
+
+    def _save_checkpoint(self, trainer, filepath):
+        self._nbserve_pending.pop(filepath, None)
+        self._nbserve_pending[filepath] = "save"
+
+    def _remove_checkpoint(self, trainer, filepath):
+        if not self._nbserve_saves_pending():
+            super()._remove_checkpoint(trainer, filepath)
+            return
+        self._nbserve_pending.pop(filepath, None)
+        self._nbserve_pending[filepath] = "remove"
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if self._nbserve_saves_pending():
+            sampler = trainer.train_dataloader.batch_sampler
+            if sampler.checkpoint(trainer.current_epoch, batch_idx):
+                # The sampler cached the resume state; the loader's state_dict() returns it into the file.
+                self._nbserve_flush(trainer)
+                sampler.cached_state = {}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._nbserve_pending:
+            # Between epochs is always safe; no sampler state is needed.
+            self._nbserve_flush(trainer)
+
+    def _nbserve_saves_pending(self) -> bool:
+        return any(operation == "save" for operation in self._nbserve_pending.values())
+
+    def _nbserve_flush(self, trainer):
+        pending, self._nbserve_pending = self._nbserve_pending, {}
+        # New files first, removals after: at no moment are there fewer complete checkpoints than before.
+        for path, operation in pending.items():
+            if operation == "save":
+                self._nbserve_write(trainer, path)
+        for path, operation in pending.items():
+            if operation == "remove":
+                super()._remove_checkpoint(trainer, path)
+
+    def _nbserve_write(self, trainer, filepath):
+        if not _local(filepath):
+            super()._save_checkpoint(trainer, filepath)
+            return
+        # What ModelCheckpoint._save_checkpoint does, with the file written under a temporary name and
+        # committed by the process that writes it (global rank 0).
+        _atomic.atomic_write(
+            filepath, lambda temporary: trainer.save_checkpoint(temporary, self.save_weights_only),
+            commit_here=trainer.is_global_zero)
+        trainer.strategy.barrier("nbserve.MidepochCheckpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))

@@ -1,0 +1,121 @@
+"""nb-serve for PyTorch trainers: a drop-in for noisebase's ``TrainingSampleLoader_v1``.
+
+    from nbserve.torch import TrainingSampleLoader_v1, backproject_pixel_centers
+
+Batches are the same dicts noisebase's loader yields: torch tensors (``torch.from_numpy`` over the received
+frames, then optionally copied into pinned memory and/or to ``device``), ``prev_camera`` nested,
+``frame_index`` a 0-d int64 tensor, and ``file`` when the noisebase config is passed.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch
+except ImportError as error:  # pragma: no cover - exercised only where torch is missing
+    raise ImportError("nbserve.torch needs PyTorch: pip install torch (or nbserve[torch])") from error
+
+from .loader import Loader
+
+
+def _to_torch(value, pin: bool, device):
+    if isinstance(value, dict):
+        return {key: _to_torch(item, pin, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return value
+    if not value.flags.aligned:  # torch wants aligned storage; tiny frames only
+        value = value.copy()
+    tensor = torch.from_numpy(value)
+    if pin:
+        tensor = tensor.pin_memory()
+    if device is not None:
+        tensor = tensor.to(device, non_blocking=pin)
+    return tensor
+
+
+class TrainingSampleLoader_v1:
+    """noisebase's ``TrainingSampleLoader_v1``, served by nb-serve.
+
+    control     the daemon's control endpoint
+    stage       "train" or "val"
+    get_epoch   callable giving the epoch of each iteration (default: count epochs like noisebase)
+    pin_memory  copy each batch into page-locked memory (only where CUDA is available; noisebase's loader
+                always asks for it)
+    device      move each batch there (non-blocking from pinned memory); None keeps it on the CPU
+    rank, world_size, timeout
+                as for ``nbserve.Loader``
+    **config    noisebase's loader config may be passed as it is (``TrainingSampleLoader_v1(**cfg, ...)``): the
+                daemon's config decides what is served; ``data_path``/``src`` give noisebase's ``file`` key and
+                ``src.frames_per_sequence``/``batch_size`` the sampler geometry
+
+    ``loader.batch_sampler.checkpoint(epoch, batch_idx)``, ``loader.batch_sampler.cached_state``,
+    ``loader.state_dict()`` and ``loader.load_state_dict(state)`` behave as noisebase's.
+    """
+
+    def __init__(self, control: str | None = None, stage: str = "train", get_epoch=None, pin_memory: bool = True,
+                 device=None, rank: int | None = None, world_size: int | None = None, timeout: float = 60.0,
+                 **config):
+        self.loader = Loader(control, stage=stage, rank=rank, world_size=world_size, get_epoch=get_epoch,
+                             timeout=timeout, **config)
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self.device = torch.device(device) if device is not None else None
+
+    @property
+    def batch_sampler(self):
+        return self.loader.batch_sampler
+
+    @property
+    def stage(self) -> str:
+        return self.loader.stage
+
+    def __iter__(self):
+        pin, device = self.pin_memory, self.device
+        for batch in self.loader:
+            yield _to_torch(batch, pin, device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state_dict: dict):
+        self.loader.load_state_dict(state_dict)
+
+    def close(self):
+        self.loader.close()
+
+    def __repr__(self):
+        return f"nbserve.torch.TrainingSampleLoader_v1({self.loader!r})"
+
+
+def backproject_pixel_centers(motion, crop_offset, prev_crop_offset, as_grid: bool = False):
+    """noisebase.torch.backproject_pixel_centers, verbatim in behaviour.
+
+    Args:
+        motion (tensor, N2HW): per-pixel screen-space motion vectors (in pixels)
+        crop_offset (tensor, size (2) or (N, 2)): offset of the crop from the camera frame's top left corner
+        prev_crop_offset (tensor): the same in the previous frame
+        as_grid (bool): torch.grid_sample format, with align_corners = False
+
+    Returns:
+        pixel_position (tensor, N2HW): ij indexed pixel coordinates, OR
+        pixel_position (tensor, NHW2): xy WH position in (-1, 1) IF as_grid
+    """
+    height = motion.shape[2]
+    width = motion.shape[3]
+    dtype = motion.dtype
+    device = motion.device
+
+    pixel_grid = torch.stack(torch.meshgrid(
+        torch.arange(0, height, dtype=dtype, device=device),
+        torch.arange(0, width, dtype=dtype, device=device),
+        indexing="ij",
+    ))
+
+    pixel_pos = pixel_grid + motion - prev_crop_offset[..., None, None] + crop_offset[..., None, None]
+
+    if as_grid:
+        pixel_pos_xy = torch.permute(torch.flip(pixel_pos, (1,)), (0, 2, 3, 1)) + 0.5
+        image_pos = pixel_pos_xy / torch.tensor([width, height], dtype=pixel_pos.dtype, device=pixel_pos.device)
+        return image_pos * 2 - 1
+    return pixel_pos
