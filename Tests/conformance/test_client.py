@@ -33,6 +33,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import daemon_support
 import loader_support as support
 
 CLIENT_DIR = support.REPO_ROOT / "clients" / "python"
@@ -109,86 +110,13 @@ def nb_config(dataset) -> dict:
     return {key: dataset.config[key] for key in ("src", "data_path", "batch_size")}
 
 
-def daemon_config(dataset, directory: Path, data_path: Path | None = None, **serve) -> Path:
-    config = support.merged_config(dataset.config, {"num_workers": 2})
-    if data_path is not None:
-        config["data_path"] = str(data_path)
-    config["serve"] = {
-        "world_size": 1,
-        "endpoint": f"ipc://{directory}/rank{{rank}}.sock",
-        "control": f"ipc://{directory}/control.sock",
-        "prefetch": 3,
-        "state_dir": str(directory / "state"),
-        **serve,
-    }
-    return support.write_config(directory / "config.yaml", config)
-
-
-class Daemon:
-    """A running `nb-serve run` (stopped and reaped by the `daemons` fixture)."""
-
-    def __init__(self, binary: Path, config: Path):
-        self.config_path = config
-        self.config = yaml.safe_load(open(config))
-        self.control = self.config["serve"]["control"]
-        self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen([str(binary), "run", "--config", str(config)], stdout=self.log,
-                                        stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log_text()}")
-            try:
-                self.request({"cmd": "status"}, timeout_s=0.5)
-                return
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text()
-
-    def request(self, body: dict, timeout_s: float = WAIT_S) -> dict:
-        context = zmq.Context.instance()
-        socket = context.socket(zmq.REQ)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self.control)
-        try:
-            socket.send_json(body)
-            if not socket.poll(int(timeout_s * 1000)):
-                raise TimeoutError(f"no reply to {body}")
-            return socket.recv_json()
-        finally:
-            socket.close()
-
-    def rank_status(self, rank: int = 0) -> dict:
-        return next(r for r in self.request({"cmd": "status"})["ranks"] if r["rank"] == rank)
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+Daemon = daemon_support.DaemonProcess
+daemon_config = daemon_support.daemon_config
 
 
 @pytest.fixture
 def daemons():
-    started: list[Daemon] = []
-
-    def start(*args, **kwargs) -> Daemon:
-        daemon = Daemon(*args, **kwargs)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop(signal.SIGKILL)
+    yield from daemon_support.daemon_factory()
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,10 @@ import pytest
 import yaml
 import zmq
 
+import daemon_support
 import loader_support as support
 
-WAIT_S = 30
+WAIT_S = daemon_support.WAIT_S
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -46,58 +47,16 @@ def dataset(tmp_path_factory) -> support.Dataset:
         reference_samples=4, loader={"batch_size": 2, "val_split": 0.34, "samples": 4})
 
 
-def daemon_config(dataset: support.Dataset, directory: Path, **serve) -> Path:
-    config = support.merged_config(dataset.config, {"num_workers": 2})
-    config["serve"] = {
-        "world_size": 1,
-        "endpoint": f"ipc://{directory}/rank{{rank}}.sock",
-        "control": f"ipc://{directory}/control.sock",
-        "prefetch": 3,
-        "state_dir": str(directory / "state"),
-        **serve,
-    }
-    return support.write_config(directory / "config.yaml", config)
+daemon_config = daemon_support.daemon_config
 
 
-class Daemon:
-    """A running `nb-serve run`, stopped (and reaped) at the end of the test."""
+class Daemon(daemon_support.DaemonProcess):
+    """A daemon plus the trainer's side of the data sockets."""
 
-    def __init__(self, binary: Path, config: Path, *extra: str, env: dict | None = None):
-        self.config = yaml.safe_load(open(config))
-        self.control = self.config["serve"]["control"]
-        self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [str(binary), "run", "--config", str(config), *extra], stdout=self.log, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})})
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.context = zmq.Context()
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log_text()}")
-            try:
-                self.request({"cmd": "status"}, timeout_ms=500)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
         self.sockets: dict[int, zmq.Socket] = {}
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text()
-
-    def request(self, body: dict, timeout_ms: int = WAIT_S * 1000) -> dict:
-        socket = self.context.socket(zmq.REQ)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self.control)
-        try:
-            socket.send_json(body)
-            if not socket.poll(timeout_ms):
-                raise TimeoutError(f"no reply to {body}")
-            return socket.recv_json()
-        finally:
-            socket.close()
 
     def pull(self, rank: int) -> zmq.Socket:
         if rank not in self.sockets:
@@ -143,33 +102,16 @@ class Daemon:
         return received, None
 
     def stop(self, sig=signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(f"daemon did not stop within {WAIT_S} s:\n{self.log_text()}")
         for socket in self.sockets.values():
             socket.close()
+        self.sockets.clear()
         self.context.term()
-        self.log.close()
-        return self.process.returncode
+        return super().stop(sig)
 
 
 @pytest.fixture
 def daemons():
-    started: list[Daemon] = []
-
-    def start(*args, **kwargs) -> Daemon:
-        daemon = Daemon(*args, **kwargs)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop(signal.SIGKILL) if daemon.process.poll() is None else daemon.stop()
+    yield from daemon_support.daemon_factory(Daemon)
 
 
 def digest(arrays: dict) -> str:
@@ -363,7 +305,7 @@ def test_checkpoint_survives_a_crash_during_the_write(binary, dataset, daemons, 
     crashing = daemons(binary, config, env={"NB_SERVE_TEST_CRASH_BEFORE_RENAME": "1"})
     crashing.epoch(0, 1, stop_after=2 * frames)
     with pytest.raises(TimeoutError):
-        crashing.request({"cmd": "checkpoint"}, timeout_ms=3000)
+        crashing.request({"cmd": "checkpoint"}, timeout_s=3)
     crashing.process.wait(WAIT_S)
     assert crashing.process.returncode == -signal.SIGKILL
     assert Path(first["path"]).read_text() == before

@@ -1,0 +1,106 @@
+"""Starting, talking to and stopping real `nb-serve run` daemons in tests (test_daemon.py, test_client.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+import zmq
+
+import loader_support as support
+
+WAIT_S = 30
+
+
+def daemon_config(dataset: support.Dataset, directory: Path, data_path: Path | None = None, **serve) -> Path:
+    """The dataset's config with ipc sockets and a state directory under `directory` (plus `serve` keys)."""
+    config = support.merged_config(dataset.config, {"num_workers": 2})
+    if data_path is not None:
+        config["data_path"] = str(data_path)
+    config["serve"] = {
+        "world_size": 1,
+        "endpoint": f"ipc://{directory}/rank{{rank}}.sock",
+        "control": f"ipc://{directory}/control.sock",
+        "prefetch": 3,
+        "state_dir": str(directory / "state"),
+        **serve,
+    }
+    return support.write_config(directory / "config.yaml", config)
+
+
+class DaemonProcess:
+    """A running `nb-serve run`: started, awaited until its control socket answers, stopped and reaped."""
+
+    def __init__(self, binary: Path, config: Path, *extra: str, env: dict | None = None):
+        self.config_path = config
+        self.config = yaml.safe_load(open(config))
+        self.control = self.config["serve"]["control"]
+        self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [str(binary), "run", "--config", str(config), *extra], stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                self.request({"cmd": "status"}, timeout_s=0.5)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def request(self, body: dict, timeout_s: float = WAIT_S) -> dict:
+        """One control request on a fresh REQ socket; TimeoutError when the daemon does not answer."""
+        socket = zmq.Context.instance().socket(zmq.REQ)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.control)
+        try:
+            socket.send_json(body)
+            if not socket.poll(int(timeout_s * 1000)):
+                raise TimeoutError(f"no reply to {body}")
+            return socket.recv_json()
+        finally:
+            socket.close()
+
+    def rank_status(self, rank: int = 0) -> dict:
+        return next(r for r in self.request({"cmd": "status"})["ranks"] if r["rank"] == rank)
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        """Signals the daemon (unless it already exited) and waits; returns its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"daemon did not stop within {WAIT_S} s:\n{self.log_text()}")
+        self.log.close()
+        return self.process.returncode
+
+
+def daemon_factory(cls=DaemonProcess):
+    """For a fixture: yields `start(...)`, and kills whatever is still running afterwards."""
+    started = []
+
+    def start(*args, **kwargs):
+        daemon = cls(*args, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.stop(signal.SIGKILL)
+        elif not daemon.log.closed:
+            daemon.stop()
