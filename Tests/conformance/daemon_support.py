@@ -6,7 +6,10 @@ import os
 import signal
 import subprocess
 import time
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 import yaml
 import zmq
@@ -87,6 +90,19 @@ class DaemonProcess:
                 raise AssertionError(f"daemon did not stop within {WAIT_S} s:\n{self.log_text()}")
         self.log.close()
         return self.process.returncode
+
+
+def corrupt_first_chunk(zip_path: Path, array: str) -> str:
+    """Overwrites 16 bytes in the middle of the first stored chunk of `array` in a ZipStore; returns its key."""
+    with zipfile.ZipFile(zip_path) as archive:
+        info = next(i for i in archive.infolist()
+                    if i.filename.startswith(array + "/") and not i.filename.endswith(".zarray"))
+    with open(zip_path, "r+b") as fh:
+        fh.seek(info.header_offset + 26)
+        name_length, extra_length = np.frombuffer(fh.read(4), "<u2")
+        fh.seek(info.header_offset + 30 + name_length + extra_length + info.compress_size // 2)
+        fh.write(b"\xde\xad\xbe\xef" * 4)
+    return info.filename
 
 
 def daemon_factory(cls=DaemonProcess):

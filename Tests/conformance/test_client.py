@@ -23,12 +23,10 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -399,16 +397,7 @@ def test_ctl_checkpoint_reflects_acknowledged_consumption(binary, dataset, daemo
 # Faults
 
 
-def corrupt_first_chunk(zip_path: Path, array: str) -> str:
-    with zipfile.ZipFile(zip_path) as archive:
-        info = next(i for i in archive.infolist()
-                    if i.filename.startswith(array + "/") and not i.filename.endswith(".zarray"))
-    with open(zip_path, "r+b") as fh:
-        fh.seek(info.header_offset + 26)
-        name_length, extra_length = np.frombuffer(fh.read(4), "<u2")
-        fh.seek(info.header_offset + 30 + name_length + extra_length + info.compress_size // 2)
-        fh.write(b"\xde\xad\xbe\xef" * 4)
-    return info.filename
+corrupt_first_chunk = daemon_support.corrupt_first_chunk
 
 
 def test_corrupt_chunk_raises_batch_error_naming_file_array_chunk(binary, dataset, daemons, tmp_path):

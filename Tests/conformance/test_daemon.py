@@ -14,9 +14,7 @@ import shutil
 import signal
 import socket as pysocket
 import stat
-import subprocess
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -330,15 +328,7 @@ def test_resume_state_of_another_config_is_refused(binary, dataset, daemons, tmp
 # Faults and operations
 
 
-def corrupt_first_chunk(zip_path: Path, array: str):
-    with zipfile.ZipFile(zip_path) as archive:
-        info = next(i for i in archive.infolist() if i.filename.startswith(array + "/") and not i.filename.endswith(".zarray"))
-    with open(zip_path, "r+b") as fh:
-        fh.seek(info.header_offset + 26)
-        name_length, extra_length = np.frombuffer(fh.read(4), "<u2")
-        fh.seek(info.header_offset + 30 + name_length + extra_length + info.compress_size // 2)
-        fh.write(b"\xde\xad\xbe\xef" * 4)
-    return info.filename
+corrupt_first_chunk = daemon_support.corrupt_first_chunk
 
 
 def test_corrupt_chunk_reaches_the_trainer_and_the_daemon_stays_up(binary, dataset, daemons, tmp_path):
