@@ -1,6 +1,7 @@
 import CSystem
 import Glibc
 import NBLoader
+import NBStorage
 
 /// The body of `nb-serve worker`: a single-threaded loop that decodes tasks from stdin into the shared
 /// memory on fd 3 and answers on stdout. It exits when stdin closes, and dies with the daemon
@@ -81,19 +82,6 @@ public struct ErrorReport: Sendable, Equatable, Codable {
     public var reason: String
 
     public var json: String {
-        func quote(_ text: String) -> String {
-            var out = "\""
-            for scalar in text.unicodeScalars {
-                switch scalar {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case _ where scalar.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
-                default: out.unicodeScalars.append(scalar)
-                }
-            }
-            return out + "\""
-        }
-        return "{\"file\": \(quote(file)), \"array\": \(quote(array)), \"chunk\": \(quote(chunk)), \"reason\": \(quote(reason))}"
+        JSONValue.object(["file": .string(file), "array": .string(array), "chunk": .string(chunk), "reason": .string(reason)]).description
     }
 }
