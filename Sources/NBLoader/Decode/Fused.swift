@@ -110,6 +110,21 @@ enum Fused {
         }
     }
 
+    /// Three channels of one sample group, `channelStride` apart.
+    @inline(__always)
+    static func load3<C: FloatLanes>(_ p: UnsafePointer<C.Source>, _ channelStride: Int, _ lanes: Int, _: C.Type) -> (Lanes, Lanes, Lanes) {
+        (load(p, lanes, C.self), load(p + channelStride, lanes, C.self), load(p + 2 * channelStride, lanes, C.self))
+    }
+
+    /// Stores three channels of one sample group into `plane` at output pixel `output`, sample `sample`.
+    @inline(__always)
+    static func store3(_ a: Lanes, _ b: Lanes, _ c: Lanes, _ plane: Plane, output: Int, sample: Int, _ lanes: Int) {
+        let to = plane.base + output * plane.pixelStride + sample
+        store(a, to, lanes)
+        store(b, to + plane.channelStride, lanes)
+        store(c, to + 2 * plane.channelStride, lanes)
+    }
+
     /// `w_normal` (optional) and `screen_space_normal` (optional) from one normal slab.
     static func normal<C: FloatLanes>(
         _ slab: Slab<C.Source>, _: C.Type, worldNormal: Plane?, normal: Plane?, camera: Camera, side n: Int, _ flipRotate: FlipRotate
@@ -119,18 +134,12 @@ enum Fused {
         forEachPixel(side: n, flipRotate) { source, output in
             let from = slab.base + source * slab.pixelStride
             forEachGroup(slab.count) { k, lanes in
-                let a = load(from + k, lanes, C.self), b = load(from + cs + k, lanes, C.self), c = load(from + 2 * cs + k, lanes, C.self)
-                if let plane = worldNormal {
-                    let to = plane.base + output * plane.pixelStride + slab.sampleOrigin + k
-                    store(a, to, lanes)
-                    store(b, to + plane.channelStride, lanes)
-                    store(c, to + 2 * plane.channelStride, lanes)
-                }
+                let (a, b, c) = load3(from + k, cs, lanes, C.self)
+                let sample = slab.sampleOrigin + k
+                if let plane = worldNormal { store3(a, b, c, plane, output: output, sample: sample, lanes) }
                 if let plane = normal {
-                    let to = plane.base + output * plane.pixelStride + slab.sampleOrigin + k
-                    store(w.x * a + w.y * b + w.z * c, to, lanes)
-                    store(u.x * a + u.y * b + u.z * c, to + plane.channelStride, lanes)
-                    store(v.x * a + v.y * b + v.z * c, to + 2 * plane.channelStride, lanes)
+                    store3(w.x * a + w.y * b + w.z * c, u.x * a + u.y * b + u.z * c, v.x * a + v.y * b + v.z * c,
+                           plane, output: output, sample: sample, lanes)
                 }
             }
         }
@@ -151,16 +160,9 @@ enum Fused {
                 forEachPixel(side: n, flipRotate) { source, output in
                     let from = position.base + source * position.pixelStride
                     forEachGroup(position.count) { k, lanes in
-                        let x = load(from + k, lanes, Copy<Float>.self)
-                        let y = load(from + ps + k, lanes, Copy<Float>.self)
-                        let z = load(from + 2 * ps + k, lanes, Copy<Float>.self)
+                        let (x, y, z) = load3(from + k, ps, lanes, Copy<Float>.self)
                         let sample = position.sampleOrigin + k
-                        if let plane = worldPosition {
-                            let to = plane.base + output * plane.pixelStride + sample
-                            store(x, to, lanes)
-                            store(y, to + plane.channelStride, lanes)
-                            store(z, to + 2 * plane.channelStride, lanes)
-                        }
+                        if let plane = worldPosition { store3(x, y, z, plane, output: output, sample: sample, lanes) }
                         if let plane = depth {
                             let dx = x - eye.x, dy = y - eye.y, dz = z - eye.z
                             let argument = 1 + 1 / Kernels.squareRoot(dx * dx + dy * dy + dz * dz)
@@ -168,16 +170,8 @@ enum Fused {
                         }
                         guard let motion else { return }
                         let mfrom = motion.base + source * motion.pixelStride
-                        let ms = motion.channelStride
-                        let mx = load(mfrom + k, lanes, Copy<Float>.self)
-                        let my = load(mfrom + ms + k, lanes, Copy<Float>.self)
-                        let mz = load(mfrom + 2 * ms + k, lanes, Copy<Float>.self)
-                        if let plane = worldMotion {
-                            let to = plane.base + output * plane.pixelStride + sample
-                            store(mx, to, lanes)
-                            store(my, to + plane.channelStride, lanes)
-                            store(mz, to + 2 * plane.channelStride, lanes)
-                        }
+                        let (mx, my, mz) = load3(mfrom + k, motion.channelStride, lanes, Copy<Float>.self)
+                        if let plane = worldMotion { store3(mx, my, mz, plane, output: output, sample: sample, lanes) }
                         if let plane = screenMotion {
                             let here = Kernels.project(now.baseAddress!, x, y, z, scale: scale, center: center)
                             let there = Kernels.project(before.baseAddress!, x + mx, y + my, z + mz, scale: scale, center: center)
@@ -210,10 +204,8 @@ enum Fused {
             let from = slab.base + source * slab.pixelStride
             forEachGroup(slab.count) { k, lanes in
                 let exponent = Kernels.exp((bytes(from + 3 * cs + k, lanes) + 1) / 256 * range + exposure.x)
-                let to = plane.base + output * plane.pixelStride + slab.sampleOrigin + k
-                store(bytes(from + k, lanes) / 255 * exponent, to, lanes)
-                store(bytes(from + cs + k, lanes) / 255 * exponent, to + plane.channelStride, lanes)
-                store(bytes(from + 2 * cs + k, lanes) / 255 * exponent, to + 2 * plane.channelStride, lanes)
+                store3(bytes(from + k, lanes) / 255 * exponent, bytes(from + cs + k, lanes) / 255 * exponent,
+                       bytes(from + 2 * cs + k, lanes) / 255 * exponent, plane, output: output, sample: slab.sampleOrigin + k, lanes)
             }
         }
     }

@@ -1,5 +1,4 @@
 import CSIMDMath
-import Foundation
 
 /// How one stored element becomes one output element.
 protocol SampleConversion {
