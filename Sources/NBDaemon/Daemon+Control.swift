@@ -59,8 +59,8 @@ extension Daemon {
                 resume = resumeState.resumeState
             }
             // Tasks no worker has yet of what this rank streamed so far are dropped.
-            taskQueue.removeAll { entry in
-                guard entry.rank == stream.rank, let owner = taskOwners.removeValue(forKey: entry.task.id) else { return false }
+            taskQueue.removeAll { task in
+                guard taskOwners[task.id]?.rank == stream.rank, let owner = taskOwners.removeValue(forKey: task.id) else { return false }
                 stream.taskFinished(buffer: owner.buffer)
                 return true
             }

@@ -64,7 +64,8 @@ public final class Daemon {
     let memory: SharedBatchMemory
     var workers: [WorkerProcess] = []
     var restarts = 0
-    var taskQueue: [(rank: Int, batch: Int, task: WorkerTask)] = []
+    /// Tasks no worker has yet, oldest first; `taskOwners` says whose they are.
+    var taskQueue: [WorkerTask] = []
     var taskOwners: [Int64: TaskOwner] = [:]
     var nextTaskID: Int64 = 1
     var stopping = false
@@ -251,7 +252,7 @@ public final class Daemon {
                     taskOwners[nextTaskID] = TaskOwner(rank: rank, batch: batch, epoch: stream.epoch, stage: stream.stage, buffer: buffer)
                     stream.inflight[buffer, default: 0] += 1
                     nextTaskID += 1
-                    taskQueue.append((rank, batch, task))
+                    taskQueue.append(task)
                 }
                 stream.nextSchedule += 1
             }
@@ -265,7 +266,7 @@ public final class Daemon {
             progress = false
             for worker in workers where worker.outstanding.count < 2 && !taskQueue.isEmpty {
                 let next = taskQueue.removeFirst()
-                if worker.send(next.task) {
+                if worker.send(next) {
                     progress = true
                 } else {
                     taskQueue.insert(next, at: 0)
@@ -292,7 +293,7 @@ public final class Daemon {
             for task in lost.reversed() {
                 guard let owner = taskOwners[task.id], let stream = streams[owner.rank] else { continue }
                 if isCurrent(owner, stream) {
-                    taskQueue.insert((owner.rank, owner.batch, task), at: 0)
+                    taskQueue.insert(task, at: 0)
                 } else {
                     taskOwners.removeValue(forKey: task.id)
                     stream.taskFinished(buffer: owner.buffer)
