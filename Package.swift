@@ -2,17 +2,20 @@
 import Foundation
 import PackageDescription
 
-// Release builds of the hot modules target x86-64 CPUs with AVX2/FMA/F16C (every x86 server since 2013):
-// measured 1.4× faster decoding than baseline x86-64. Set NB_SERVE_GENERIC_CPU=1 to build for any x86-64.
-// LLVM never contracts a*b+c into an FMA here (Swift allows no such contraction), so results are identical.
+// The hot code targets x86-64 CPUs with AVX2/FMA/F16C (every x86 server since 2013); set
+// NB_SERVE_GENERIC_CPU=1 to build for any x86-64. Neither Swift nor the kernels (built with
+// -ffp-contract=off) ever contract a*b+c into an FMA, so results are identical either way.
+let genericCPU = ProcessInfo.processInfo.environment["NB_SERVE_GENERIC_CPU"] != nil
 #if arch(x86_64)
-let tuning: [SwiftSetting] = ProcessInfo.processInfo.environment["NB_SERVE_GENERIC_CPU"] == nil
-    ? [.unsafeFlags(["-target-cpu", "haswell"], .when(configuration: .release)),
-       .define("NB_SERVE_F16C", .when(configuration: .release))]
-    : []
+let tuning: [SwiftSetting] = genericCPU ? [] : [.unsafeFlags(["-target-cpu", "haswell"], .when(configuration: .release))]
+let kernelArchitecture: [String] = genericCPU ? [] : ["-march=haswell"]
 #else
 let tuning: [SwiftSetting] = []
+let kernelArchitecture: [String] = []
 #endif
+// The decode kernels are always optimised, debug builds included, so the tests exercise the very code
+// that release builds run.
+let kernelFlags: [CSetting] = [.unsafeFlags(["-O2", "-ffp-contract=off"] + kernelArchitecture)]
 
 // Layers, lowest first: C shims (system libraries via pkg-config) → NBStorage (ZIP, Zarr v2, codecs)
 // → NBLoader (noisebase's loader semantics) → the `nb-serve` command line. A lower layer never imports a higher one.
@@ -38,9 +41,11 @@ let package = Package(
             swiftSettings: tuning
         ),
         .target(name: "CSIMDMath"),
+        // Per-pixel decode loops (C vector extensions): oriented copies, normals, depth, motion, RGBE.
+        .target(name: "CDecodeKernels", dependencies: ["CSIMDMath"], cSettings: kernelFlags),
         .target(
             name: "NBLoader",
-            dependencies: ["NBStorage", "CSIMDMath", .product(name: "Yams", package: "Yams")],
+            dependencies: ["NBStorage", "CDecodeKernels", .product(name: "Yams", package: "Yams")],
             swiftSettings: tuning
         ),
         // The ZeroMQ transport and wire protocol v1: sockets, poller, zero-copy sends, sd_notify.
@@ -59,7 +64,7 @@ let package = Package(
         ),
         .target(name: "NBTestSupport", path: "Tests/NBTestSupport"),
         .testTarget(name: "NBStorageTests", dependencies: ["NBStorage", "NBTestSupport"]),
-        .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader", "NBTestSupport"]),
+        .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader", "CDecodeKernels", "NBTestSupport"]),
         .testTarget(name: "NBTransportTests", dependencies: ["NBTransport", "NBTestSupport"]),
     ]
 )

@@ -14,7 +14,8 @@ extension NBServe {
                 the train plan over the real rank-0 socket, and reports frames/s, MB/s, CPU seconds per frame \
                 (daemon and workers), time to the first batch and peak RSS (daemon + workers). \
                 --decode-only decodes and augments frames in one thread, following the plan, then measures \
-                the floor on the same frames: decompressing the chunks they need and writing the output once. \
+                the floor on the same frames: decompressing the chunks they need and writing the output once; \
+                --rounds times, alternating, reporting each one's fastest round. \
                 scripts/bench_decode.py runs it beside noisebase's own __getitem__ on the same files.
                 """
         )
@@ -27,6 +28,9 @@ extension NBServe {
         @Option(help: "Frames to decode (--decode-only).")
         var frames = 64
 
+        @Option(help: "Timed rounds of decode and floor, alternating; the fastest of each counts (--decode-only).")
+        var rounds = 5
+
         @Option(help: "Batches to pull (end to end).")
         var batches = 64
 
@@ -37,7 +41,7 @@ extension NBServe {
         var json = false
 
         func validate() throws {
-            guard frames > 0, batches > 0 else { throw ValidationError("--frames and --batches must be positive.") }
+            guard frames > 0, batches > 0, rounds > 0 else { throw ValidationError("--frames, --batches and --rounds must be positive.") }
             if let workers, workers < 1 { throw ValidationError("--workers must be at least 1.") }
         }
 
@@ -46,7 +50,7 @@ extension NBServe {
             let (config, sampler) = try loader.load()
             let result: DecodeBenchmark.Result
             do {
-                result = try DecodeBenchmark(config: config, sampler: sampler).run(frames: frames, epoch: loader.epoch)
+                result = try DecodeBenchmark(config: config, sampler: sampler).run(frames: frames, epoch: loader.epoch, rounds: rounds)
             } catch {
                 printError("error: \(error)")
                 throw ExitCode.failure
@@ -54,6 +58,7 @@ extension NBServe {
             if json {
                 let object: JSONValue = .object([
                     "frames": .int(Int64(result.frames)),
+                    "rounds": .int(Int64(rounds)),
                     "seconds": .double(result.seconds),
                     "frames_per_s": .double(result.framesPerSecond),
                     "mb_per_s": .double(result.megabytesPerSecond),
@@ -62,7 +67,7 @@ extension NBServe {
                 ])
                 print(object.description)
             } else {
-                print(String(format: "decode: %d frames in %.3f s: %.1f frames/s, %.1f MB/s", result.frames, result.seconds, result.framesPerSecond, result.megabytesPerSecond))
+                print(String(format: "decode: %d frames in %.3f s (fastest of %d rounds): %.1f frames/s, %.1f MB/s", result.frames, result.seconds, rounds, result.framesPerSecond, result.megabytesPerSecond))
                 print(String(format: "floor:  %.1f frames/s (decompress needed chunks + write output once); decode takes %.2f× the floor", result.floorFramesPerSecond, result.timesFloor))
             }
         }

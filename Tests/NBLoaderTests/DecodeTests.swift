@@ -1,3 +1,4 @@
+import CDecodeKernels
 import Foundation
 import NBTestSupport
 import XCTest
@@ -14,20 +15,23 @@ final class DecodeTests: XCTestCase {
         XCTAssertEqual(output.count, 65536 * 4)
         output.withUnsafeBytes { raw in
             for bits in stride(from: 0, to: 65536, by: 4) {
-                let halves = SIMD4<UInt32>(UInt32(bits), UInt32(bits + 1), UInt32(bits + 2), UInt32(bits + 3))
-                let widened = unsafeBitCast(HalfToFloat.widen(halves), to: SIMD4<UInt32>.self)
-                for lane in 0..<4 {
-                    let expected = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: (bits + lane) * 4, as: UInt32.self))
-                    if widened[lane] != expected {
-                        XCTFail("half 0x\(String(bits + lane, radix: 16)): got 0x\(String(widened[lane], radix: 16)), numpy 0x\(String(expected, radix: 16))")
-                        return
+                let halves = [UInt16(bits), UInt16(bits + 1), UInt16(bits + 2), UInt16(bits + 3)]
+                // The kernels' conversion (F16C where built for it) and the integer one of generic builds.
+                for (path, widened) in [("kernels", nb_widen_halves(halves)), ("integer", nb_widen_halves_integer(halves))] {
+                    let bits32 = unsafeBitCast(widened, to: SIMD4<UInt32>.self)
+                    for lane in 0..<4 {
+                        let expected = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: (bits + lane) * 4, as: UInt32.self))
+                        if bits32[lane] != expected {
+                            XCTFail("\(path): half 0x\(String(bits + lane, radix: 16)): got 0x\(String(bits32[lane], radix: 16)), numpy 0x\(String(expected, radix: 16))")
+                            return
+                        }
                     }
                 }
             }
         }
     }
 
-    /// `FlipRotate.sourceRow` and `cropOffset` reproduce noisebase's `apply_array` and `apply_camera`
+    /// `FlipRotate.walk` and `cropOffset` reproduce noisebase's `apply_array` and `apply_camera`
     /// offsets for all 8 orientations.
     func testFlipRotateMatchesNoisebase() throws {
         let n = 5, height = 13, width = 20
@@ -53,10 +57,12 @@ final class DecodeTests: XCTestCase {
             let orientation = fields[0]
             let expected = Array(fields[1...(n * n)])
             let flipRotate = FlipRotate(orientation: orientation, height: height, width: width, window: n)
+            // The decode kernels walk the window with `walk`; `sourceRow` is its per-row form.
+            let walk = flipRotate.walk
             var actual: [Int] = []
             for i in 0..<n {
-                let (start, step) = flipRotate.sourceRow(i)
-                for j in 0..<n { actual.append(start + j * step) }
+                XCTAssertEqual(flipRotate.sourceRow(i).start, walk.start + i * walk.rowStep)
+                for j in 0..<n { actual.append(walk.start + i * walk.rowStep + j * walk.columnStep) }
             }
             XCTAssertEqual(actual, expected, "orientation \(orientation)")
             let offset = flipRotate.cropOffset((3, 7))
@@ -99,7 +105,7 @@ final class DecodeTests: XCTestCase {
         }
     }
 
-    /// `VectorMath.log`/`exp` stay within 2 ulp of the correctly rounded result (numpy in float64,
+    /// `nb_log8`/`nb_exp8` (the decode kernels' math) stay within 2 ulp of the correctly rounded result (numpy in float64,
     /// rounded to float32) over the ranges the decoder feeds them, special values included.
     func testVectorMathWithinTwoUlp() throws {
         let output = try PythonOracle.run("""
@@ -123,10 +129,12 @@ final class DecodeTests: XCTestCase {
             }
             offset += count * 8
             var worst = 0
-            for start in stride(from: 0, to: count - 3, by: 4) {
-                let x = SIMD4(inputs[start], inputs[start + 1], inputs[start + 2], inputs[start + 3])
-                let y = name == "log" ? Kernels.log(x) : Kernels.exp(x)
-                for lane in 0..<4 {
+            for start in stride(from: 0, to: count, by: 8) {
+                // The last group repeats its first input in the lanes past the end.
+                let group = (0..<8).map { start + $0 < count ? inputs[start + $0] : inputs[start] }
+                let x = SIMD8(group)
+                let y = name == "log" ? nb_log8(x) : nb_exp8(x)
+                for lane in 0..<min(8, count - start) {
                     let (ours, truth) = (y[lane], expected[start + lane])
                     if truth.isNaN { XCTAssertTrue(ours.isNaN, "\(name)(\(x[lane]))"); continue }
                     if truth.isInfinite || truth == 0 { XCTAssertEqual(ours, truth, "\(name)(\(x[lane]))"); continue }

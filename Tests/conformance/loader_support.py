@@ -131,6 +131,68 @@ def generate_dataset(root: Path, name: str, *, workers: int = 2, **params) -> Da
     return Dataset(name, root, yaml_path, config)
 
 
+# Chunkings and dtypes for `rewritten_dataset` that the format's own (per frame, every 4 samples, whole
+# windows) does not use, so each decode path is compared with noisebase: decoded chunks read in place in
+# pairs (normal) and singly (position: 3 samples per chunk; motion then pairs with it across chunk
+# boundaries), region reads (diffuse, color, reference: chunks smaller than the window or the channels),
+# float32 where the format stores float16 (diffuse).
+REWRITTEN_LAYOUT = {
+    "normal": {"chunks": lambda s: (1, 3, s[2], s[3], 4)},
+    "position": {"chunks": lambda s: (1, 3, s[2], s[3], 3)},
+    "motion": {"chunks": lambda s: (2, 3, s[2], s[3], 4)},
+    "diffuse": {"chunks": lambda s: (2, 2, 10, 7, 3), "dtype": np.float32},
+    "color": {"chunks": lambda s: (1, 4, s[2] // 2, s[3], 4)},
+    "reference": {"chunks": lambda s: (1, 2, s[2], s[3])},
+}
+
+# IEEE half bit patterns numpy widens bit-exactly: signalling and quiet NaNs with payloads, infinities,
+# subnormals, signed zeros, the largest finite value.
+SPECIAL_HALVES = np.array([0x7c01, 0xfc01, 0x7e13, 0x7c00, 0xfc00, 0x0001, 0x83ff, 0x8000, 0x7bff], np.uint16)
+
+
+def rewritten_dataset(source: Dataset, root: Path, name: str) -> Dataset:
+    """`source` rewritten by zarr-python with `REWRITTEN_LAYOUT`'s chunkings and dtypes, special values in
+    normal (float16), diffuse (float32) and position (which makes depth and motion NaN or infinite there),
+    and one missing chunk of normal (zarr reads it as the fill value, NaN)."""
+    import zarr
+
+    root.mkdir(parents=True, exist_ok=True)
+    specials32 = np.array([np.nan, -np.inf, np.inf, 1e-45, -0.0, 3.4e38], np.float32)
+    specials32[0] = np.frombuffer(np.uint32(0x7fa00001).tobytes(), np.float32)[0]  # signalling NaN, payload
+    for index in range(source.config["src"]["sequences"]):
+        file = source.config["src"]["files"].format(index=index)
+        memory = zarr.MemoryStore()
+        out = zarr.group(store=memory)
+        with zarr.ZipStore(str(source.root / file), mode="r") as zip_in:
+            group = zarr.open_group(store=zip_in, mode="r")
+            out.attrs.update(group.attrs.asdict())
+            for key, array in group.arrays():
+                data = array[...]
+                layout = REWRITTEN_LAYOUT.get(key, {})
+                dtype = layout.get("dtype", data.dtype)
+                data = data.astype(dtype)
+                flat = data.reshape(-1)
+                if key == "normal":
+                    flat.view(np.uint16)[index::97][:len(SPECIAL_HALVES)] = SPECIAL_HALVES
+                elif key == "diffuse":
+                    flat[index::89][:len(specials32)] = specials32
+                elif key == "position":
+                    flat[index * 7::211][:3] = [np.inf, np.nan, -np.inf]
+                chunks = layout["chunks"](data.shape) if "chunks" in layout else array.chunks
+                fill = np.nan if key == "normal" else array.fill_value
+                out.create_dataset(key, data=data, chunks=chunks, dtype=dtype, compressor=array.compressor,
+                                   fill_value=fill)
+                out[key].attrs.update(array.attrs.asdict())
+        del memory["normal/1.0.0.0.1"]
+        with zarr.ZipStore(str(root / file), mode="w") as zip_out:
+            for key in memory.keys():
+                zip_out[key] = memory[key]
+    config = copy.deepcopy(source.config)
+    config["data_path"] = str(root)
+    yaml_path = write_config(root / "dataset.yaml", config)
+    return Dataset(name, root, yaml_path, config)
+
+
 def merged_config(base: dict, overrides: dict | None) -> dict:
     """`base` with top-level keys replaced by `overrides`; `src` (and `serve`) dicts are merged, not replaced.
 
@@ -357,6 +419,17 @@ def absolute_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(a[finite] - b[finite])))
 
 
+def bitwise_differences(actual: np.ndarray, expected: np.ndarray) -> str:
+    """How many elements differ in their bits (NaN payloads and signed zeros included), and the first."""
+    bits = np.dtype(f"u{actual.dtype.itemsize}")
+    differ = actual.view(bits) != expected.view(bits)
+    index = tuple(int(i) for i in np.argwhere(differ)[0])
+    width = 2 * actual.dtype.itemsize
+    return (f"({int(np.count_nonzero(differ))} of {actual.size} elements), first at {index}: nb-serve "
+            f"{actual[index]!r} (0x{int(actual.view(bits)[index]):0{width}x}), noisebase {expected[index]!r} "
+            f"(0x{int(expected.view(bits)[index]):0{width}x})")
+
+
 def worst_location(actual: np.ndarray, expected: np.ndarray) -> str:
     difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
     difference = np.where(np.isnan(difference), np.inf, difference)
@@ -403,10 +476,7 @@ def compare_batch(actual: dict, expected: dict, case: str, log: ErrorLog) -> lis
             same = a.tobytes() == b.tobytes()
             log.record(key, "exact", 0.0 if same else float("inf"), case)
             if not same:
-                differing = int(np.count_nonzero(a != b)) if a.dtype.kind != "f" else int(
-                    np.count_nonzero(~((a == b) | (np.isnan(a) & np.isnan(b)))))
-                problems.append(f"{key}: bytes differ ({differing} of {a.size} elements) "
-                                 f"{worst_location(a, b)}")
+                problems.append(f"{key}: bytes differ {bitwise_differences(a, b)}")
         elif kind in RELATIVE_KEYS:
             error = relative_error(a, b)
             log.record(key, "relative", error, case)

@@ -40,6 +40,8 @@ from loader_support import DELETE
 # "main": 12 sequences of 5 frames, 24 px crops of a 48 x 80 rendering, 8 samples stored (two chunks of 4).
 # "odd":  7 sequences of 4 frames, 20 px crops of a 45 x 71 rendering (odd sides, even sum), 6 samples stored
 #         (a partial second chunk), zstd instead of blosc.
+# "rewritten": "main" rewritten with other chunkings and dtypes, special values and a missing chunk
+#         (loader_support.rewritten_dataset).
 DATASETS = {
     "main": {"sequences": 12, "frames": 5, "crop": 24, "samples": 8, "height": 48, "width": 80, "seed": 11,
              "reference_samples": 4},
@@ -57,8 +59,10 @@ def nb_binary():
 def datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("loader-datasets")
     workers = min(2, os.cpu_count() or 1)
-    return {name: ls.generate_dataset(root / name, name, workers=workers, **params)
-            for name, params in DATASETS.items()}
+    datasets = {name: ls.generate_dataset(root / name, name, workers=workers, **params)
+                for name, params in DATASETS.items()}
+    datasets["rewritten"] = ls.rewritten_dataset(datasets["main"], root / "rewritten", "rewritten")
+    return datasets
 
 
 @pytest.fixture(scope="session")
@@ -299,6 +303,12 @@ DUMP_CASES = [
              epoch=5, world_size=2, rank=1, dataset="odd"),
     DumpCase("odd-motion-val", {"val_split": 0.3, "batch_size": 2, "buffers": ["motion", "normal"]}, (1, 3),
              stage="val", epoch=2, dataset="odd"),
+    DumpCase("rewritten-all-bs3", {**_MAIN, "batch_size": 3}, (0, 1, 2, 4, 5, 9), epoch=1, dataset="rewritten"),
+    DumpCase("rewritten-all-samples7", {**_MAIN, "batch_size": 2, "samples": 7, "seed": 4}, (0, 3, 6, 12),
+             epoch=3, dataset="rewritten"),
+    DumpCase("rewritten-motion-w_motion", {**_MAIN, "batch_size": 2, "buffers": ["w_motion", "motion"]},
+             (1, 2, 8), epoch=2, dataset="rewritten"),
+    DumpCase("rewritten-val", {**_MAIN, "batch_size": 2}, (0, 2, 3), stage="val", epoch=1, dataset="rewritten"),
 ]
 assert len({case.name for case in DUMP_CASES}) == len(DUMP_CASES), "duplicate dump case names"
 

@@ -51,4 +51,12 @@ public struct FlipRotate: Sendable, Equatable {
         }
         return (row(i) * n + column(0), flipsColumns ? -1 : 1)
     }
+
+    /// The whole window as one affine walk: output pixel `(i, j)` reads source pixel
+    /// `start + i * rowStep + j * columnStep` (`sourceRow` is affine in `i`).
+    public var walk: (start: Int, rowStep: Int, columnStep: Int) {
+        let (start, columnStep) = sourceRow(0)
+        let rowStep = window > 1 ? sourceRow(1).start - start : 0
+        return (start, rowStep, columnStep)
+    }
 }

@@ -89,22 +89,18 @@ public final class ZarrArray {
         }
     }
 
-    /// Calls `body` with each chunk that intersects `region`, decoded (missing chunks filled with the
-    /// fill value), and the grid coordinates of its first element. The buffer is the array's reused scratch
-    /// chunk: valid only during the call. For callers that transform while they copy (one pass instead of
-    /// a region read followed by a second pass).
-    public func forEachChunk(intersecting region: [Range<Int>], _ body: (_ origin: [Int], _ chunk: UnsafeRawBufferPointer) throws -> Void) throws {
-        try check(region)
-        if region.contains(where: { $0.isEmpty }) { return }
-        let chunks = metadata.chunks
-        let buffer = scratchBuffer()
-        let whole = BlockCopy(
-            itemSize: dataType.itemSize, extent: chunks, sourceShape: chunks, sourceOrigin: chunks.map { _ in 0 },
-            destinationShape: chunks, destinationOrigin: chunks.map { _ in 0 })
-        try forEachChunkIndex(intersecting: region) { index in
-            if try !decode(key: chunkKey(index), into: buffer) { whole.fill(buffer, with: metadata.fillBytes) }
-            try body(zip(index, chunks).map { $0 * $1 }, UnsafeRawBufferPointer(buffer))
+    /// Decodes the chunk at grid position `index` into `destination` (`metadata.chunkByteCount` bytes,
+    /// native byte order); a missing chunk reads as the fill value. For callers that read chunks in place
+    /// (one pass over the decoded data instead of a region read and a second pass), several at once.
+    public func decodeChunk(at index: [Int], into destination: UnsafeMutableRawBufferPointer) throws(ZarrError) {
+        let grid = metadata.chunkGrid
+        guard index.count == grid.count, zip(index, grid).allSatisfy({ $0 >= 0 && $0 < $1 }) else {
+            throw .badRegion(file: file, array: name, reason: "chunk \(index) is outside the chunk grid \(grid)")
         }
+        guard destination.count == metadata.chunkByteCount else {
+            throw .badRegion(file: file, array: name, reason: "destination holds \(destination.count) bytes, a chunk needs \(metadata.chunkByteCount)")
+        }
+        if try !decode(key: chunkKey(index), into: destination) { fillChunk(destination) }
     }
 
     /// Decodes every chunk that intersects `region` into the scratch buffer and nothing more: the
@@ -162,6 +158,15 @@ public final class ZarrArray {
         for (d, range) in region.enumerated() where range.lowerBound < 0 || range.upperBound > shape[d] {
             throw .badRegion(file: file, array: name, reason: "region \(range.lowerBound)..<\(range.upperBound) is outside 0..<\(shape[d]) in dimension \(d)")
         }
+    }
+
+    /// Fills a whole chunk buffer with the fill value (a missing chunk).
+    private func fillChunk(_ buffer: UnsafeMutableRawBufferPointer) {
+        let chunks = metadata.chunks
+        let whole = BlockCopy(
+            itemSize: dataType.itemSize, extent: chunks, sourceShape: chunks, sourceOrigin: chunks.map { _ in 0 },
+            destinationShape: chunks, destinationOrigin: chunks.map { _ in 0 })
+        whole.fill(buffer, with: metadata.fillBytes)
     }
 
     private func scratchBuffer() -> UnsafeMutableRawBufferPointer {

@@ -1,0 +1,431 @@
+#include "decode_kernels.h"
+
+#include <string.h>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+// numpy evaluates a*b + c as two roundings; so must we, whatever the target offers.
+#pragma clang fp contract(off)
+
+#define NB_INLINE static inline __attribute__((always_inline))
+
+typedef nb_float4 f4;
+typedef nb_uint4 u4;
+typedef nb_float8 f8;
+typedef nb_int8 i8;
+typedef uint8_t nb_byte4 __attribute__((ext_vector_type(4)));
+typedef uint16_t nb_half4 __attribute__((ext_vector_type(4)));
+
+/// Stored element types the loads convert from: `nb_element`'s, plus RGBE bytes.
+enum { ELEMENT_F32 = NB_ELEMENT_F32, ELEMENT_F16 = NB_ELEMENT_F16, ELEMENT_U8 = 2 };
+
+NB_INLINE ptrdiff_t clamp_lanes(ptrdiff_t n) { return n < 0 ? 0 : n > 4 ? 4 : n; }
+
+// MARK: - Four-lane loads and stores
+
+/// IEEE half bits to float exactly in integer arithmetic (for CPUs without F16C): exponent and mantissa
+/// move into float position and are rebiased; infinities and NaNs get the maximal exponent, subnormals
+/// are renormalised by one exact float subtraction.
+NB_INLINE f4 widen_bits(u4 h) {
+    const uint32_t shifted_exponent = 0x7c00u << 13;
+    u4 bits = (h & 0x7fffu) << 13;
+    u4 exponent = bits & shifted_exponent;
+    bits += (127u - 15u) << 23;
+    bits = (exponent == shifted_exponent) ? bits + ((128u - 16u) << 23) : bits;
+    f4 subnormal = (f4)(bits + (1u << 23)) - (f4)(u4)(113u << 23);
+    f4 value = (exponent == 0u) ? subnormal : (f4)bits;
+    return (f4)((u4)value | ((h & 0x8000u) << 16));
+}
+
+NB_INLINE f4 widen4_integer(const uint16_t *p) {
+    nb_half4 h;
+    memcpy(&h, p, 8);
+    return widen_bits(__builtin_convertvector(h, u4));
+}
+
+NB_INLINE f4 widen4(const uint16_t *p) {
+#if defined(__F16C__)
+    // vcvtph2ps quiets signalling NaNs; numpy keeps their bits, so NaN groups (rare) go the integer way.
+    nb_half4 h;
+    memcpy(&h, p, 8);
+    if (__builtin_reduce_or((h & 0x7fff) > 0x7c00)) return widen4_integer(p);
+    __m128i bits = _mm_setzero_si128();
+    memcpy(&bits, p, 8);
+    return (f4)_mm_cvtph_ps(bits);
+#else
+    return widen4_integer(p);
+#endif
+}
+
+NB_INLINE float widen1(uint16_t h) { return widen_bits((u4)h).x; }
+
+/// `lanes` (1...4) elements from `base[index...]` as floats; missing lanes repeat the first, so they
+/// never feed special values into the math.
+NB_INLINE f4 load4(const void *base, ptrdiff_t index, int element, ptrdiff_t lanes) {
+    if (element == ELEMENT_F16) {
+        const uint16_t *p = (const uint16_t *)base + index;
+        if (lanes == 4) return widen4(p);
+        f4 v = widen1(p[0]);
+        for (ptrdiff_t k = 1; k < lanes; k++) v[k] = widen1(p[k]);
+        return v;
+    }
+    if (element == ELEMENT_U8) {
+        const uint8_t *p = (const uint8_t *)base + index;
+        if (lanes == 4) {
+            nb_byte4 b;
+            memcpy(&b, p, 4);
+            return __builtin_convertvector(b, f4);
+        }
+        f4 v = (float)p[0];
+        for (ptrdiff_t k = 1; k < lanes; k++) v[k] = (float)p[k];
+        return v;
+    }
+    const float *p = (const float *)base + index;
+    if (lanes == 4) {
+        f4 v;
+        memcpy(&v, p, 16);
+        return v;
+    }
+    f4 v = p[0];
+    for (ptrdiff_t k = 1; k < lanes; k++) v[k] = p[k];
+    return v;
+}
+
+NB_INLINE void store4(float *p, f4 v, ptrdiff_t lanes) {
+    if (lanes == 4) {
+        memcpy(p, &v, 16);
+        return;
+    }
+    for (ptrdiff_t k = 0; k < lanes; k++) p[k] = v[k];
+}
+
+// MARK: - Passes: eight lanes of one pixel
+
+/// The samples of one pixel that one pass of a kernel computes, eight lanes wide: a low half of 1...4
+/// samples and a high half of 0...4, each from a slab (two slabs, or two groups of one). Built with
+/// constants in the hot variants, so the lane logic folds away.
+typedef struct {
+    const nb_slab *lo, *hi;
+    ptrdiff_t lo_k, hi_k;         // first sample of each half within its slab
+    ptrdiff_t lo_lanes, hi_lanes; // valid lanes of each half
+} pass;
+
+/// Two slabs of four samples each, the second following the first (Sample Training Format v1's chunks
+/// of four, two at a time): one 8-lane store per channel.
+NB_INLINE pass pair_pass(const nb_slab *lo, const nb_slab *hi) { return (pass){lo, hi, 0, 0, 4, 4}; }
+
+/// Samples `k ..< k + 8` of one slab (as far as it has them).
+NB_INLINE pass single_pass(const nb_slab *slab, ptrdiff_t k) {
+    return (pass){slab, slab, k, k + 4, clamp_lanes(slab->count - k), clamp_lanes(slab->count - k - 4)};
+}
+
+/// The same samples of another pair of slabs that cover them (motion beside position).
+NB_INLINE pass matching_pass(pass p, const nb_slab *lo, const nb_slab *hi) {
+    return (pass){lo, hi, p.lo->sample_origin + p.lo_k - lo->sample_origin, p.hi->sample_origin + p.hi_k - hi->sample_origin,
+                  p.lo_lanes, p.hi_lanes};
+}
+
+/// Channel `channel` of source pixel `source`, both halves.
+NB_INLINE f8 load8(pass p, ptrdiff_t source, ptrdiff_t channel, int element) {
+    const f4 a = load4(p.lo->base, source * p.lo->pixel_stride + channel * p.lo->channel_stride + p.lo_k, element, p.lo_lanes);
+    const f4 b = p.hi_lanes ? load4(p.hi->base, source * p.hi->pixel_stride + channel * p.hi->channel_stride + p.hi_k, element, p.hi_lanes) : a;
+    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+
+/// Channel `channel` of output pixel `output` in `plane`, both halves, at the samples they came from.
+NB_INLINE void store8(nb_plane plane, ptrdiff_t output, ptrdiff_t channel, pass p, f8 v) {
+    float *to = plane.base + channel * plane.channel_stride + output * plane.pixel_stride;
+    const ptrdiff_t lo_sample = p.lo->sample_origin + p.lo_k, hi_sample = p.hi->sample_origin + p.hi_k;
+    if (p.lo_lanes == 4 && p.hi_lanes == 4 && hi_sample == lo_sample + 4) {
+        memcpy(to + lo_sample, &v, 32);
+        return;
+    }
+    store4(to + lo_sample, __builtin_shufflevector(v, v, 0, 1, 2, 3), p.lo_lanes);
+    if (p.hi_lanes) store4(to + hi_sample, __builtin_shufflevector(v, v, 4, 5, 6, 7), p.hi_lanes);
+}
+
+// MARK: - Walk
+
+typedef void (*pixel_function)(const void *context, ptrdiff_t source, ptrdiff_t output);
+
+/// Calls `pixel(context, source, output)` for every output pixel of the window; `pixel` is a constant
+/// always-inline function, so each kernel's loop nest is compiled with its body inside. Transposing walks
+/// read a source column per output row, so they go in 16 × 16 tiles to reuse the cache lines they touch.
+NB_INLINE void walk_pixels(nb_walk walk, const void *context, pixel_function pixel) {
+    const ptrdiff_t n = walk.side;
+    if (!walk.transposes) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            ptrdiff_t source = walk.start + i * walk.row_step;
+            for (ptrdiff_t j = 0; j < n; j++, source += walk.column_step) pixel(context, source, i * n + j);
+        }
+        return;
+    }
+    enum { tile = 16 };
+    for (ptrdiff_t row = 0; row < n; row += tile) {
+        for (ptrdiff_t column = 0; column < n; column += tile) {
+            const ptrdiff_t row_end = row + tile < n ? row + tile : n;
+            const ptrdiff_t column_end = column + tile < n ? column + tile : n;
+            for (ptrdiff_t i = row; i < row_end; i++) {
+                ptrdiff_t source = walk.start + i * walk.row_step + column * walk.column_step;
+                for (ptrdiff_t j = column; j < column_end; j++, source += walk.column_step) pixel(context, source, i * n + j);
+            }
+        }
+    }
+}
+
+/// Whether slabs `q` and `q + 1` form a pair pass.
+NB_INLINE int pairs(const nb_slab *slabs, ptrdiff_t slab_count, ptrdiff_t q) {
+    return q + 1 < slab_count && slabs[q].count == 4 && slabs[q + 1].count == 4 &&
+           slabs[q + 1].sample_origin == slabs[q].sample_origin + 4;
+}
+
+/// Defines `NAME_pair` (a pair pass of the context's `lo`, `hi` slabs) and `NAME_single` (every sample of
+/// its `lo` slab, eight at a time) from `NAME_pass(context, source, output, pass)`; `CONTEXT` is the
+/// context type.
+#define NB_PIXEL_FUNCTIONS(NAME, CONTEXT)                                                                    \
+    NB_INLINE void NAME##_pair(const void *context, ptrdiff_t source, ptrdiff_t output) {                   \
+        const CONTEXT *c = context;                                                                          \
+        NAME##_pass(c, source, output, pair_pass(&c->lo, &c->hi));                                           \
+    }                                                                                                        \
+    NB_INLINE void NAME##_single(const void *context, ptrdiff_t source, ptrdiff_t output) {                 \
+        const CONTEXT *c = context;                                                                          \
+        for (ptrdiff_t k = 0; k < c->lo.count; k += 8) NAME##_pass(c, source, output, single_pass(&c->lo, k)); \
+    }
+
+/// Runs `NAME` over every slab: pairs where they form one, single slabs otherwise. Each branch calls the
+/// walk with one constant function, which is what lets it inline.
+#define NB_RUN_SLABS(NAME, context, slabs, slab_count, walk)                  \
+    for (ptrdiff_t q = 0; q < (slab_count);) {                                \
+        (context).lo = (slabs)[q];                                            \
+        if (pairs((slabs), (slab_count), q)) {                                \
+            (context).hi = (slabs)[q + 1];                                    \
+            walk_pixels((walk), &(context), NAME##_pair);                     \
+            q += 2;                                                           \
+        } else {                                                              \
+            (context).hi = (slabs)[q];                                        \
+            walk_pixels((walk), &(context), NAME##_single);                   \
+            q += 1;                                                           \
+        }                                                                     \
+    }
+
+// MARK: - Copy
+
+typedef struct {
+    nb_slab lo, hi;
+    ptrdiff_t channels;
+    nb_plane plane;
+} copy_context;
+
+NB_INLINE void copy_pass(const copy_context *c, ptrdiff_t source, ptrdiff_t output, pass p, int element) {
+    for (ptrdiff_t ch = 0; ch < c->channels; ch++) store8(c->plane, output, ch, p, load8(p, source, ch, element));
+}
+
+NB_INLINE void copy_f32_pass(const copy_context *c, ptrdiff_t s, ptrdiff_t o, pass p) { copy_pass(c, s, o, p, ELEMENT_F32); }
+NB_INLINE void copy_f16_pass(const copy_context *c, ptrdiff_t s, ptrdiff_t o, pass p) { copy_pass(c, s, o, p, ELEMENT_F16); }
+NB_PIXEL_FUNCTIONS(copy_f32, copy_context)
+NB_PIXEL_FUNCTIONS(copy_f16, copy_context)
+
+/// One sample per pixel (`reference`) in an unrotated walk: each output row is a forward or backward
+/// run of source pixels, copied four pixels at a time.
+NB_INLINE void copy_rows_single(const nb_slab slab, ptrdiff_t channels, nb_plane plane, nb_walk walk, int element) {
+    const ptrdiff_t n = walk.side;
+    for (ptrdiff_t ch = 0; ch < channels; ch++) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const ptrdiff_t first = walk.start + i * walk.row_step + ch * slab.channel_stride;
+            float *to = plane.base + ch * plane.channel_stride + i * n;
+            ptrdiff_t j = 0;
+            if (walk.column_step == 1) {
+                for (; j + 4 <= n; j += 4) store4(to + j, load4(slab.base, first + j, element, 4), 4);
+            } else {
+                for (; j + 4 <= n; j += 4) {
+                    f4 v = load4(slab.base, first - j - 3, element, 4);
+                    store4(to + j, __builtin_shufflevector(v, v, 3, 2, 1, 0), 4);
+                }
+            }
+            for (; j < n; j++) store4(to + j, load4(slab.base, first + j * walk.column_step, element, 1), 1);
+        }
+    }
+}
+
+void nb_copy(const nb_slab *slabs, ptrdiff_t slab_count, nb_element element, ptrdiff_t channels, nb_plane plane, nb_walk walk) {
+    if (slab_count == 1 && slabs[0].count == 1 && slabs[0].pixel_stride == 1 && plane.pixel_stride == 1 &&
+        slabs[0].sample_origin == 0 && !walk.transposes && (walk.column_step == 1 || walk.column_step == -1)) {
+        if (element == NB_ELEMENT_F16) copy_rows_single(slabs[0], channels, plane, walk, ELEMENT_F16);
+        else copy_rows_single(slabs[0], channels, plane, walk, ELEMENT_F32);
+        return;
+    }
+    copy_context context = {.channels = channels, .plane = plane};
+    if (element == NB_ELEMENT_F16) {
+        NB_RUN_SLABS(copy_f16, context, slabs, slab_count, walk)
+    } else {
+        NB_RUN_SLABS(copy_f32, context, slabs, slab_count, walk)
+    }
+}
+
+// MARK: - Normal
+
+typedef struct {
+    nb_slab lo, hi;
+    nb_plane world, screen;
+    f8 w[3], u[3], v[3];
+} normal_context;
+
+NB_INLINE void normal_pass(const normal_context *c, ptrdiff_t source, ptrdiff_t output, pass p, int element) {
+    const f8 a = load8(p, source, 0, element);
+    const f8 b = load8(p, source, 1, element);
+    const f8 d = load8(p, source, 2, element);
+    if (c->world.base) {
+        store8(c->world, output, 0, p, a);
+        store8(c->world, output, 1, p, b);
+        store8(c->world, output, 2, p, d);
+    }
+    if (c->screen.base) {
+        store8(c->screen, output, 0, p, c->w[0] * a + c->w[1] * b + c->w[2] * d);
+        store8(c->screen, output, 1, p, c->u[0] * a + c->u[1] * b + c->u[2] * d);
+        store8(c->screen, output, 2, p, c->v[0] * a + c->v[1] * b + c->v[2] * d);
+    }
+}
+
+NB_INLINE void normal_f32_pass(const normal_context *c, ptrdiff_t s, ptrdiff_t o, pass p) { normal_pass(c, s, o, p, ELEMENT_F32); }
+NB_INLINE void normal_f16_pass(const normal_context *c, ptrdiff_t s, ptrdiff_t o, pass p) { normal_pass(c, s, o, p, ELEMENT_F16); }
+NB_PIXEL_FUNCTIONS(normal_f32, normal_context)
+NB_PIXEL_FUNCTIONS(normal_f16, normal_context)
+
+void nb_normal(const nb_slab *slabs, ptrdiff_t slab_count, nb_element element, nb_plane world, nb_plane screen,
+               const float forward[3], const float left[3], const float up[3], nb_walk walk) {
+    normal_context context = {.world = world, .screen = screen};
+    for (int i = 0; i < 3; i++) {
+        context.w[i] = forward[i];
+        context.u[i] = left[i];
+        context.v[i] = up[i];
+    }
+    if (element == NB_ELEMENT_F16) {
+        NB_RUN_SLABS(normal_f16, context, slabs, slab_count, walk)
+    } else {
+        NB_RUN_SLABS(normal_f32, context, slabs, slab_count, walk)
+    }
+}
+
+// MARK: - Position and motion
+
+typedef struct {
+    nb_slab lo, hi;               // position
+    nb_slab motion_lo, motion_hi; // the motion slabs covering the same samples
+    int has_motion;
+    nb_plane world_position, world_motion, depth, screen_motion;
+    f8 eye[3];
+    f8 now[16], before[16];
+    f8 scale_row, scale_column, center_row, center_column;
+} position_motion_context;
+
+/// `screen_space_position` of eight points: row vector times matrix, divided by w unless w is 0, then
+/// pixel coordinates.
+NB_INLINE void project(const f8 *m, f8 x, f8 y, f8 z, const position_motion_context *c, f8 *row, f8 *column) {
+    const f8 px = m[0] * x + m[4] * y + m[8] * z + m[12];
+    const f8 py = m[1] * x + m[5] * y + m[9] * z + m[13];
+    const f8 pw = m[3] * x + m[7] * y + m[11] * z + m[15];
+    const i8 degenerate = pw == 0.0f;
+    const f8 nx = degenerate ? 0.0f : px / pw;
+    const f8 ny = degenerate ? 0.0f : py / pw;
+    *row = ny * c->scale_row + c->center_row;
+    *column = nx * c->scale_column + c->center_column;
+}
+
+/// `np.clip(x, -5e3, 5e3)`; NaN passes through, as in numpy.
+NB_INLINE f8 clip(f8 x) {
+    const f8 r = x < -5e3f ? -5e3f : x;
+    return x > 5e3f ? 5e3f : r;
+}
+
+NB_INLINE void position_motion_pass(const position_motion_context *c, ptrdiff_t source, ptrdiff_t output, pass p) {
+    const f8 x = load8(p, source, 0, ELEMENT_F32);
+    const f8 y = load8(p, source, 1, ELEMENT_F32);
+    const f8 z = load8(p, source, 2, ELEMENT_F32);
+    if (c->world_position.base) {
+        store8(c->world_position, output, 0, p, x);
+        store8(c->world_position, output, 1, p, y);
+        store8(c->world_position, output, 2, p, z);
+    }
+    if (c->depth.base) {
+        const f8 dx = x - c->eye[0], dy = y - c->eye[1], dz = z - c->eye[2];
+        const f8 argument = 1.0f + 1.0f / nb_sqrt8(dx * dx + dy * dy + dz * dz);
+        store8(c->depth, output, 0, p, nb_log8(argument));
+    }
+    if (!c->has_motion) return;
+    const pass m = matching_pass(p, &c->motion_lo, &c->motion_hi);
+    const f8 mx = load8(m, source, 0, ELEMENT_F32);
+    const f8 my = load8(m, source, 1, ELEMENT_F32);
+    const f8 mz = load8(m, source, 2, ELEMENT_F32);
+    if (c->world_motion.base) {
+        store8(c->world_motion, output, 0, p, mx);
+        store8(c->world_motion, output, 1, p, my);
+        store8(c->world_motion, output, 2, p, mz);
+    }
+    if (c->screen_motion.base) {
+        f8 here_row, here_column, there_row, there_column;
+        project(c->now, x, y, z, c, &here_row, &here_column);
+        project(c->before, x + mx, y + my, z + mz, c, &there_row, &there_column);
+        store8(c->screen_motion, output, 0, p, clip(there_row - here_row));
+        store8(c->screen_motion, output, 1, p, clip(there_column - here_column));
+    }
+}
+
+NB_PIXEL_FUNCTIONS(position_motion, position_motion_context)
+
+void nb_position_motion(const nb_slab *positions, const nb_slab *motions, ptrdiff_t slab_count,
+                        nb_plane world_position, nb_plane world_motion, nb_plane depth, nb_plane screen_motion,
+                        const nb_projection *projection, nb_walk walk) {
+    position_motion_context context = {
+        .has_motion = motions != NULL, .world_position = world_position, .world_motion = world_motion, .depth = depth,
+        .screen_motion = screen_motion};
+    for (int i = 0; i < 3; i++) context.eye[i] = projection->eye[i];
+    for (int i = 0; i < 16; i++) {
+        context.now[i] = projection->now[i];
+        context.before[i] = projection->before[i];
+    }
+    context.scale_row = projection->scale_row;
+    context.scale_column = projection->scale_column;
+    context.center_row = projection->center_row;
+    context.center_column = projection->center_column;
+    for (ptrdiff_t q = 0; q < slab_count;) {
+        context.lo = positions[q];
+        if (motions) context.motion_lo = motions[q];
+        if (pairs(positions, slab_count, q)) {
+            context.hi = positions[q + 1];
+            if (motions) context.motion_hi = motions[q + 1];
+            walk_pixels(walk, &context, position_motion_pair);
+            q += 2;
+        } else {
+            context.hi = context.lo;
+            context.motion_hi = context.motion_lo;
+            walk_pixels(walk, &context, position_motion_single);
+            q += 1;
+        }
+    }
+}
+
+// MARK: - Color
+
+typedef struct {
+    nb_slab lo, hi;
+    nb_plane plane;
+    f8 low, range;
+} color_context;
+
+NB_INLINE void color_pass(const color_context *c, ptrdiff_t source, ptrdiff_t output, pass p) {
+    const f8 exponent = nb_exp8((load8(p, source, 3, ELEMENT_U8) + 1.0f) / 256.0f * c->range + c->low);
+    for (ptrdiff_t ch = 0; ch < 3; ch++) store8(c->plane, output, ch, p, load8(p, source, ch, ELEMENT_U8) / 255.0f * exponent);
+}
+
+NB_PIXEL_FUNCTIONS(color, color_context)
+
+void nb_color(const nb_slab *slabs, ptrdiff_t slab_count, float exposure_low, float exposure_high, nb_plane plane, nb_walk walk) {
+    color_context context = {.plane = plane, .low = exposure_low, .range = exposure_high - exposure_low};
+    NB_RUN_SLABS(color, context, slabs, slab_count, walk)
+}
+
+nb_float4 nb_widen_halves(const uint16_t *halves) { return widen4(halves); }
+
+nb_float4 nb_widen_halves_integer(const uint16_t *halves) { return widen4_integer(halves); }
