@@ -148,11 +148,40 @@ NB_INLINE void store8(nb_plane plane, ptrdiff_t output, ptrdiff_t channel, pass 
 
 // MARK: - Walk
 
+enum { max_planes = 4 };
+
+/// The output planes a kernel writes (absent ones have a NULL base) and their channel counts: the first
+/// member of every kernel context, so the walk can prefetch them.
+typedef struct {
+    nb_plane plane[max_planes];
+    ptrdiff_t channels[max_planes];
+} outputs;
+
 typedef void (*pixel_function)(const void *context, ptrdiff_t source, ptrdiff_t output);
 
+/// Side of the tiles of a transposing walk, and how many output rows ahead it prefetches.
+enum { tile = 16, rows_ahead = 2 };
+
+/// Announces the write of output pixels `first ..< first + count` of every plane.
+NB_INLINE void prefetch_for_writing(const outputs *out, ptrdiff_t first, ptrdiff_t count) {
+    for (int p = 0; p < max_planes; p++) {
+        const nb_plane plane = out->plane[p];
+        if (!plane.base) continue;
+        const size_t bytes = (size_t)(count * plane.pixel_stride) * sizeof(float);
+        for (ptrdiff_t ch = 0; ch < out->channels[p]; ch++) {
+            const char *start = (const char *)(plane.base + ch * plane.channel_stride + first * plane.pixel_stride);
+            for (size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(start + offset, 1);
+        }
+    }
+}
+
 /// Calls `pixel(context, source, output)` for every output pixel of the window; `pixel` is a constant
-/// always-inline function, so each kernel's loop nest is compiled with its body inside. Transposing walks
-/// read a source column per output row, so they go in 16 × 16 tiles to reuse the cache lines they touch.
+/// always-inline function, so each kernel's loop nest is compiled with its body inside.
+///
+/// A transposing walk reads a source column per output row, so it goes in 16 × 16 tiles that reuse the
+/// source lines they touch. Its output rows are short runs 8 KiB and more apart, which the hardware
+/// prefetcher does not follow: the walk prefetches them for writing two rows ahead (1.3× faster on the
+/// transposing orientations).
 NB_INLINE void walk_pixels(nb_walk walk, const void *context, pixel_function pixel) {
     const ptrdiff_t n = walk.side;
     if (!walk.transposes) {
@@ -162,14 +191,14 @@ NB_INLINE void walk_pixels(nb_walk walk, const void *context, pixel_function pix
         }
         return;
     }
-    enum { tile = 16 };
     for (ptrdiff_t row = 0; row < n; row += tile) {
         for (ptrdiff_t column = 0; column < n; column += tile) {
             const ptrdiff_t row_end = row + tile < n ? row + tile : n;
-            const ptrdiff_t column_end = column + tile < n ? column + tile : n;
+            const ptrdiff_t columns = column + tile < n ? tile : n - column;
             for (ptrdiff_t i = row; i < row_end; i++) {
+                if (i + rows_ahead < row_end) prefetch_for_writing(context, (i + rows_ahead) * n + column, columns);
                 ptrdiff_t source = walk.start + i * walk.row_step + column * walk.column_step;
-                for (ptrdiff_t j = column; j < column_end; j++, source += walk.column_step) pixel(context, source, i * n + j);
+                for (ptrdiff_t j = column; j < column + columns; j++, source += walk.column_step) pixel(context, source, i * n + j);
             }
         }
     }
@@ -194,32 +223,29 @@ NB_INLINE int pairs(const nb_slab *slabs, ptrdiff_t slab_count, ptrdiff_t q) {
         for (ptrdiff_t k = 0; k < c->lo.count; k += 8) NAME##_pass(c, source, output, single_pass(&c->lo, k)); \
     }
 
-/// Runs `NAME` over every slab: pairs where they form one, single slabs otherwise. Each branch calls the
-/// walk with one constant function, which is what lets it inline.
-#define NB_RUN_SLABS(NAME, context, slabs, slab_count, walk)                  \
-    for (ptrdiff_t q = 0; q < (slab_count);) {                                \
-        (context).lo = (slabs)[q];                                            \
-        if (pairs((slabs), (slab_count), q)) {                                \
-            (context).hi = (slabs)[q + 1];                                    \
-            walk_pixels((walk), &(context), NAME##_pair);                     \
-            q += 2;                                                           \
-        } else {                                                              \
-            (context).hi = (slabs)[q];                                        \
-            walk_pixels((walk), &(context), NAME##_single);                   \
-            q += 1;                                                           \
-        }                                                                     \
+/// Walks `slabs` with the context's `lo` and `hi` set: pairs where two form one, single slabs otherwise.
+/// Each branch calls the walk with one constant function, which is what lets it inline; `BEFORE` runs
+/// before each walk with `q` and `paired` set (to set further per-slab state).
+#define NB_RUN_SLABS(NAME, context, slabs, slab_count, walk, BEFORE)                                \
+    for (ptrdiff_t q = 0; q < (slab_count);) {                                                      \
+        const int paired = pairs((slabs), (slab_count), q);                                         \
+        (context).lo = (slabs)[q];                                                                  \
+        (context).hi = (slabs)[paired ? q + 1 : q];                                                 \
+        BEFORE;                                                                                     \
+        if (paired) walk_pixels((walk), &(context), NAME##_pair);                                   \
+        else walk_pixels((walk), &(context), NAME##_single);                                        \
+        q += paired ? 2 : 1;                                                                        \
     }
 
 // MARK: - Copy
 
 typedef struct {
+    outputs out;  // plane 0: the copy
     nb_slab lo, hi;
-    ptrdiff_t channels;
-    nb_plane plane;
 } copy_context;
 
 NB_INLINE void copy_pass(const copy_context *c, ptrdiff_t source, ptrdiff_t output, pass p, int element) {
-    for (ptrdiff_t ch = 0; ch < c->channels; ch++) store8(c->plane, output, ch, p, load8(p, source, ch, element));
+    for (ptrdiff_t ch = 0; ch < c->out.channels[0]; ch++) store8(c->out.plane[0], output, ch, p, load8(p, source, ch, element));
 }
 
 NB_INLINE void copy_f32_pass(const copy_context *c, ptrdiff_t s, ptrdiff_t o, pass p) { copy_pass(c, s, o, p, ELEMENT_F32); }
@@ -227,7 +253,7 @@ NB_INLINE void copy_f16_pass(const copy_context *c, ptrdiff_t s, ptrdiff_t o, pa
 NB_PIXEL_FUNCTIONS(copy_f32, copy_context)
 NB_PIXEL_FUNCTIONS(copy_f16, copy_context)
 
-/// One sample per pixel (`reference`) in an unrotated walk: each output row is a forward or backward
+/// One sample per pixel (`reference`) in an untransposed walk: each output row is a forward or backward
 /// run of source pixels, copied four pixels at a time.
 NB_INLINE void copy_rows_single(const nb_slab slab, ptrdiff_t channels, nb_plane plane, nb_walk walk, int element) {
     const ptrdiff_t n = walk.side;
@@ -249,26 +275,76 @@ NB_INLINE void copy_rows_single(const nb_slab slab, ptrdiff_t channels, nb_plane
     }
 }
 
+/// Four consecutive source pixels along the walk's rows (`row_step` ±1), starting at output row `i`:
+/// lane `k` is the source of output row `i + k`.
+NB_INLINE f4 load_column4(const nb_slab slab, ptrdiff_t source, ptrdiff_t row_step, int element) {
+    if (row_step == 1) return load4(slab.base, source, element, 4);
+    const f4 v = load4(slab.base, source - 3, element, 4);
+    return __builtin_shufflevector(v, v, 3, 2, 1, 0);
+}
+
+/// One sample per pixel (`reference`) in a transposing walk: output rows run along source columns, so it
+/// goes in 4 × 4 blocks, reading four source rows a vector at a time and transposing in registers (the
+/// per-pixel walk made this 5× slower than the untransposed copy).
+NB_INLINE void copy_transposed_single(const nb_slab slab, ptrdiff_t channels, nb_plane plane, nb_walk walk, int element) {
+    const ptrdiff_t n = walk.side, blocked = n / 4 * 4;
+    for (ptrdiff_t ch = 0; ch < channels; ch++) {
+        float *to = plane.base + ch * plane.channel_stride;
+        const ptrdiff_t start = walk.start + ch * slab.channel_stride;
+        for (ptrdiff_t i = 0; i < blocked; i += 4) {
+            for (ptrdiff_t j = 0; j < blocked; j += 4) {
+                const ptrdiff_t source = start + i * walk.row_step + j * walk.column_step;
+                const f4 c0 = load_column4(slab, source, walk.row_step, element);
+                const f4 c1 = load_column4(slab, source + walk.column_step, walk.row_step, element);
+                const f4 c2 = load_column4(slab, source + 2 * walk.column_step, walk.row_step, element);
+                const f4 c3 = load_column4(slab, source + 3 * walk.column_step, walk.row_step, element);
+                const f4 t01lo = __builtin_shufflevector(c0, c1, 0, 4, 1, 5), t01hi = __builtin_shufflevector(c0, c1, 2, 6, 3, 7);
+                const f4 t23lo = __builtin_shufflevector(c2, c3, 0, 4, 1, 5), t23hi = __builtin_shufflevector(c2, c3, 2, 6, 3, 7);
+                store4(to + i * n + j, __builtin_shufflevector(t01lo, t23lo, 0, 1, 4, 5), 4);
+                store4(to + (i + 1) * n + j, __builtin_shufflevector(t01lo, t23lo, 2, 3, 6, 7), 4);
+                store4(to + (i + 2) * n + j, __builtin_shufflevector(t01hi, t23hi, 0, 1, 4, 5), 4);
+                store4(to + (i + 3) * n + j, __builtin_shufflevector(t01hi, t23hi, 2, 3, 6, 7), 4);
+            }
+        }
+        // The edges a side that is not a multiple of four leaves, pixel by pixel.
+        for (ptrdiff_t i = 0; i < n; i++) {
+            for (ptrdiff_t j = (i < blocked ? blocked : 0); j < n; j++) {
+                store4(to + i * n + j, load4(slab.base, start + i * walk.row_step + j * walk.column_step, element, 1), 1);
+            }
+        }
+    }
+}
+
 void nb_copy(const nb_slab *slabs, ptrdiff_t slab_count, nb_element element, ptrdiff_t channels, nb_plane plane, nb_walk walk) {
     if (slab_count == 1 && slabs[0].count == 1 && slabs[0].pixel_stride == 1 && plane.pixel_stride == 1 &&
-        slabs[0].sample_origin == 0 && !walk.transposes && (walk.column_step == 1 || walk.column_step == -1)) {
-        if (element == NB_ELEMENT_F16) copy_rows_single(slabs[0], channels, plane, walk, ELEMENT_F16);
-        else copy_rows_single(slabs[0], channels, plane, walk, ELEMENT_F32);
-        return;
+        slabs[0].sample_origin == 0) {
+        const int f16 = element == NB_ELEMENT_F16;
+        if (!walk.transposes && (walk.column_step == 1 || walk.column_step == -1)) {
+            if (f16) copy_rows_single(slabs[0], channels, plane, walk, ELEMENT_F16);
+            else copy_rows_single(slabs[0], channels, plane, walk, ELEMENT_F32);
+            return;
+        }
+        if (walk.transposes && (walk.row_step == 1 || walk.row_step == -1)) {
+            if (f16) copy_transposed_single(slabs[0], channels, plane, walk, ELEMENT_F16);
+            else copy_transposed_single(slabs[0], channels, plane, walk, ELEMENT_F32);
+            return;
+        }
     }
-    copy_context context = {.channels = channels, .plane = plane};
+    copy_context context = {.out = {.plane = {plane}, .channels = {channels}}};
     if (element == NB_ELEMENT_F16) {
-        NB_RUN_SLABS(copy_f16, context, slabs, slab_count, walk)
+        NB_RUN_SLABS(copy_f16, context, slabs, slab_count, walk, (void)0)
     } else {
-        NB_RUN_SLABS(copy_f32, context, slabs, slab_count, walk)
+        NB_RUN_SLABS(copy_f32, context, slabs, slab_count, walk, (void)0)
     }
 }
 
 // MARK: - Normal
 
+enum { NORMAL_WORLD, NORMAL_SCREEN };
+
 typedef struct {
+    outputs out;  // NORMAL_WORLD (w_normal), NORMAL_SCREEN (normal)
     nb_slab lo, hi;
-    nb_plane world, screen;
     f8 w[3], u[3], v[3];
 } normal_context;
 
@@ -276,15 +352,16 @@ NB_INLINE void normal_pass(const normal_context *c, ptrdiff_t source, ptrdiff_t 
     const f8 a = load8(p, source, 0, element);
     const f8 b = load8(p, source, 1, element);
     const f8 d = load8(p, source, 2, element);
-    if (c->world.base) {
-        store8(c->world, output, 0, p, a);
-        store8(c->world, output, 1, p, b);
-        store8(c->world, output, 2, p, d);
+    const nb_plane world = c->out.plane[NORMAL_WORLD], screen = c->out.plane[NORMAL_SCREEN];
+    if (world.base) {
+        store8(world, output, 0, p, a);
+        store8(world, output, 1, p, b);
+        store8(world, output, 2, p, d);
     }
-    if (c->screen.base) {
-        store8(c->screen, output, 0, p, c->w[0] * a + c->w[1] * b + c->w[2] * d);
-        store8(c->screen, output, 1, p, c->u[0] * a + c->u[1] * b + c->u[2] * d);
-        store8(c->screen, output, 2, p, c->v[0] * a + c->v[1] * b + c->v[2] * d);
+    if (screen.base) {
+        store8(screen, output, 0, p, c->w[0] * a + c->w[1] * b + c->w[2] * d);
+        store8(screen, output, 1, p, c->u[0] * a + c->u[1] * b + c->u[2] * d);
+        store8(screen, output, 2, p, c->v[0] * a + c->v[1] * b + c->v[2] * d);
     }
 }
 
@@ -295,26 +372,28 @@ NB_PIXEL_FUNCTIONS(normal_f16, normal_context)
 
 void nb_normal(const nb_slab *slabs, ptrdiff_t slab_count, nb_element element, nb_plane world, nb_plane screen,
                const float forward[3], const float left[3], const float up[3], nb_walk walk) {
-    normal_context context = {.world = world, .screen = screen};
+    normal_context context = {.out = {.plane = {world, screen}, .channels = {3, 3}}};
     for (int i = 0; i < 3; i++) {
         context.w[i] = forward[i];
         context.u[i] = left[i];
         context.v[i] = up[i];
     }
     if (element == NB_ELEMENT_F16) {
-        NB_RUN_SLABS(normal_f16, context, slabs, slab_count, walk)
+        NB_RUN_SLABS(normal_f16, context, slabs, slab_count, walk, (void)0)
     } else {
-        NB_RUN_SLABS(normal_f32, context, slabs, slab_count, walk)
+        NB_RUN_SLABS(normal_f32, context, slabs, slab_count, walk, (void)0)
     }
 }
 
 // MARK: - Position and motion
 
+enum { WORLD_POSITION, WORLD_MOTION, DEPTH, SCREEN_MOTION };
+
 typedef struct {
+    outputs out;                  // WORLD_POSITION, WORLD_MOTION, DEPTH, SCREEN_MOTION
     nb_slab lo, hi;               // position
     nb_slab motion_lo, motion_hi; // the motion slabs covering the same samples
     int has_motion;
-    nb_plane world_position, world_motion, depth, screen_motion;
     f8 eye[3];
     f8 now[16], before[16];
     f8 scale_row, scale_column, center_row, center_column;
@@ -343,32 +422,34 @@ NB_INLINE void position_motion_pass(const position_motion_context *c, ptrdiff_t 
     const f8 x = load8(p, source, 0, ELEMENT_F32);
     const f8 y = load8(p, source, 1, ELEMENT_F32);
     const f8 z = load8(p, source, 2, ELEMENT_F32);
-    if (c->world_position.base) {
-        store8(c->world_position, output, 0, p, x);
-        store8(c->world_position, output, 1, p, y);
-        store8(c->world_position, output, 2, p, z);
+    const nb_plane world_position = c->out.plane[WORLD_POSITION], depth = c->out.plane[DEPTH];
+    if (world_position.base) {
+        store8(world_position, output, 0, p, x);
+        store8(world_position, output, 1, p, y);
+        store8(world_position, output, 2, p, z);
     }
-    if (c->depth.base) {
+    if (depth.base) {
         const f8 dx = x - c->eye[0], dy = y - c->eye[1], dz = z - c->eye[2];
         const f8 argument = 1.0f + 1.0f / nb_sqrt8(dx * dx + dy * dy + dz * dz);
-        store8(c->depth, output, 0, p, nb_log8(argument));
+        store8(depth, output, 0, p, nb_log8(argument));
     }
     if (!c->has_motion) return;
     const pass m = matching_pass(p, &c->motion_lo, &c->motion_hi);
     const f8 mx = load8(m, source, 0, ELEMENT_F32);
     const f8 my = load8(m, source, 1, ELEMENT_F32);
     const f8 mz = load8(m, source, 2, ELEMENT_F32);
-    if (c->world_motion.base) {
-        store8(c->world_motion, output, 0, p, mx);
-        store8(c->world_motion, output, 1, p, my);
-        store8(c->world_motion, output, 2, p, mz);
+    const nb_plane world_motion = c->out.plane[WORLD_MOTION], screen_motion = c->out.plane[SCREEN_MOTION];
+    if (world_motion.base) {
+        store8(world_motion, output, 0, p, mx);
+        store8(world_motion, output, 1, p, my);
+        store8(world_motion, output, 2, p, mz);
     }
-    if (c->screen_motion.base) {
+    if (screen_motion.base) {
         f8 here_row, here_column, there_row, there_column;
         project(c->now, x, y, z, c, &here_row, &here_column);
         project(c->before, x + mx, y + my, z + mz, c, &there_row, &there_column);
-        store8(c->screen_motion, output, 0, p, clip(there_row - here_row));
-        store8(c->screen_motion, output, 1, p, clip(there_column - here_column));
+        store8(screen_motion, output, 0, p, clip(there_row - here_row));
+        store8(screen_motion, output, 1, p, clip(there_column - here_column));
     }
 }
 
@@ -378,8 +459,8 @@ void nb_position_motion(const nb_slab *positions, const nb_slab *motions, ptrdif
                         nb_plane world_position, nb_plane world_motion, nb_plane depth, nb_plane screen_motion,
                         const nb_projection *projection, nb_walk walk) {
     position_motion_context context = {
-        .has_motion = motions != NULL, .world_position = world_position, .world_motion = world_motion, .depth = depth,
-        .screen_motion = screen_motion};
+        .out = {.plane = {world_position, world_motion, depth, screen_motion}, .channels = {3, 3, 1, 2}},
+        .has_motion = motions != NULL};
     for (int i = 0; i < 3; i++) context.eye[i] = projection->eye[i];
     for (int i = 0; i < 16; i++) {
         context.now[i] = projection->now[i];
@@ -389,41 +470,31 @@ void nb_position_motion(const nb_slab *positions, const nb_slab *motions, ptrdif
     context.scale_column = projection->scale_column;
     context.center_row = projection->center_row;
     context.center_column = projection->center_column;
-    for (ptrdiff_t q = 0; q < slab_count;) {
-        context.lo = positions[q];
-        if (motions) context.motion_lo = motions[q];
-        if (pairs(positions, slab_count, q)) {
-            context.hi = positions[q + 1];
-            if (motions) context.motion_hi = motions[q + 1];
-            walk_pixels(walk, &context, position_motion_pair);
-            q += 2;
-        } else {
-            context.hi = context.lo;
-            context.motion_hi = context.motion_lo;
-            walk_pixels(walk, &context, position_motion_single);
-            q += 1;
-        }
-    }
+    NB_RUN_SLABS(position_motion, context, positions, slab_count, walk,
+                 if (motions) {
+                     context.motion_lo = motions[q];
+                     context.motion_hi = motions[paired ? q + 1 : q];
+                 })
 }
 
 // MARK: - Color
 
 typedef struct {
+    outputs out;  // plane 0: color
     nb_slab lo, hi;
-    nb_plane plane;
     f8 low, range;
 } color_context;
 
 NB_INLINE void color_pass(const color_context *c, ptrdiff_t source, ptrdiff_t output, pass p) {
     const f8 exponent = nb_exp8((load8(p, source, 3, ELEMENT_U8) + 1.0f) / 256.0f * c->range + c->low);
-    for (ptrdiff_t ch = 0; ch < 3; ch++) store8(c->plane, output, ch, p, load8(p, source, ch, ELEMENT_U8) / 255.0f * exponent);
+    for (ptrdiff_t ch = 0; ch < 3; ch++) store8(c->out.plane[0], output, ch, p, load8(p, source, ch, ELEMENT_U8) / 255.0f * exponent);
 }
 
 NB_PIXEL_FUNCTIONS(color, color_context)
 
 void nb_color(const nb_slab *slabs, ptrdiff_t slab_count, float exposure_low, float exposure_high, nb_plane plane, nb_walk walk) {
-    color_context context = {.plane = plane, .low = exposure_low, .range = exposure_high - exposure_low};
-    NB_RUN_SLABS(color, context, slabs, slab_count, walk)
+    color_context context = {.out = {.plane = {plane}, .channels = {3}}, .low = exposure_low, .range = exposure_high - exposure_low};
+    NB_RUN_SLABS(color, context, slabs, slab_count, walk, (void)0)
 }
 
 nb_float4 nb_widen_halves(const uint16_t *halves) { return widen4(halves); }

@@ -15,7 +15,8 @@ extension NBServe {
                 (daemon and workers), time to the first batch and peak RSS (daemon + workers). \
                 --decode-only decodes and augments frames in one thread, following the plan, then measures \
                 the floor on the same frames: decompressing the chunks they need and writing the output once; \
-                --rounds times, alternating, reporting each one's fastest round. \
+                --rounds times, alternating, reporting each one's fastest round; --orientation times one \
+                orientation alone. \
                 scripts/bench_decode.py runs it beside noisebase's own __getitem__ on the same files.
                 """
         )
@@ -31,6 +32,9 @@ extension NBServe {
         @Option(help: "Timed rounds of decode and floor, alternating; the fastest of each counts (--decode-only).")
         var rounds = 5
 
+        @Option(help: "Augment every frame with this orientation (0-7; 7 is the identity) instead of the plan's (--decode-only).")
+        var orientation: Int?
+
         @Option(help: "Batches to pull (end to end).")
         var batches = 64
 
@@ -43,6 +47,8 @@ extension NBServe {
         func validate() throws {
             guard frames > 0, batches > 0, rounds > 0 else { throw ValidationError("--frames, --batches and --rounds must be positive.") }
             if let workers, workers < 1 { throw ValidationError("--workers must be at least 1.") }
+            if let orientation, !(0..<FlipRotate.count).contains(orientation) { throw ValidationError("--orientation must be 0-7.") }
+            if orientation != nil && !decodeOnly { throw ValidationError("--orientation needs --decode-only.") }
         }
 
         func run() throws {
@@ -50,7 +56,7 @@ extension NBServe {
             let (config, sampler) = try loader.load()
             let result: DecodeBenchmark.Result
             do {
-                result = try DecodeBenchmark(config: config, sampler: sampler).run(frames: frames, epoch: loader.epoch, rounds: rounds)
+                result = try DecodeBenchmark(config: config, sampler: sampler).run(frames: frames, epoch: loader.epoch, rounds: rounds, orientation: orientation)
             } catch {
                 printError("error: \(error)")
                 throw ExitCode.failure
@@ -59,6 +65,7 @@ extension NBServe {
                 let object: JSONValue = .object([
                     "frames": .int(Int64(result.frames)),
                     "rounds": .int(Int64(rounds)),
+                    "orientation": orientation.map { .int(Int64($0)) } ?? .string("plan"),
                     "seconds": .double(result.seconds),
                     "frames_per_s": .double(result.framesPerSecond),
                     "mb_per_s": .double(result.megabytesPerSecond),

