@@ -61,6 +61,24 @@ NB_INLINE f4 widen4(const uint16_t *p) {
 
 NB_INLINE float widen1(uint16_t h) { return widen_bits((u4)h).x; }
 
+typedef uint16_t nb_half8 __attribute__((ext_vector_type(8)));
+
+/// Four halves at `a` and four at `b` as one eight-lane vector: one NaN test and one `vcvtph2ps` for both.
+NB_INLINE f8 widen8(const uint16_t *a, const uint16_t *b) {
+#if defined(__F16C__)
+    nb_half4 x, y;
+    memcpy(&x, a, 8);
+    memcpy(&y, b, 8);
+    const nb_half8 h = __builtin_shufflevector(x, y, 0, 1, 2, 3, 4, 5, 6, 7);
+    if (!__builtin_reduce_or((h & 0x7fff) > 0x7c00)) {
+        __m128i bits;
+        memcpy(&bits, &h, 16);
+        return (f8)_mm256_cvtph_ps(bits);
+    }
+#endif
+    return __builtin_shufflevector(widen4_integer(a), widen4_integer(b), 0, 1, 2, 3, 4, 5, 6, 7);
+}
+
 /// `lanes` (1...4) elements from `base[index...]` as floats; missing lanes repeat the first, so they
 /// never feed special values into the math.
 NB_INLINE f4 load4(const void *base, ptrdiff_t index, int element, ptrdiff_t lanes) {
@@ -129,6 +147,10 @@ NB_INLINE pass matching_pass(pass p, const nb_slab *lo, const nb_slab *hi) {
 
 /// Channel `channel` of source pixel `source`, both halves.
 NB_INLINE f8 load8(pass p, ptrdiff_t source, ptrdiff_t channel, int element) {
+    if (element == ELEMENT_F16 && p.lo_lanes == 4 && p.hi_lanes == 4) {
+        return widen8((const uint16_t *)p.lo->base + source * p.lo->pixel_stride + channel * p.lo->channel_stride + p.lo_k,
+                      (const uint16_t *)p.hi->base + source * p.hi->pixel_stride + channel * p.hi->channel_stride + p.hi_k);
+    }
     const f4 a = load4(p.lo->base, source * p.lo->pixel_stride + channel * p.lo->channel_stride + p.lo_k, element, p.lo_lanes);
     const f4 b = p.hi_lanes ? load4(p.hi->base, source * p.hi->pixel_stride + channel * p.hi->channel_stride + p.hi_k, element, p.hi_lanes) : a;
     return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);
@@ -137,13 +159,14 @@ NB_INLINE f8 load8(pass p, ptrdiff_t source, ptrdiff_t channel, int element) {
 /// Channel `channel` of output pixel `output` in `plane`, both halves, at the samples they came from.
 NB_INLINE void store8(nb_plane plane, ptrdiff_t output, ptrdiff_t channel, pass p, f8 v) {
     float *to = plane.base + channel * plane.channel_stride + output * plane.pixel_stride;
-    const ptrdiff_t lo_sample = p.lo->sample_origin + p.lo_k, hi_sample = p.hi->sample_origin + p.hi_k;
-    if (p.lo_lanes == 4 && p.hi_lanes == 4 && hi_sample == lo_sample + 4) {
+    // Both pass constructors put the high half's samples right after the low half's.
+    const ptrdiff_t lo_sample = p.lo->sample_origin + p.lo_k;
+    if (p.lo_lanes == 4 && p.hi_lanes == 4) {
         memcpy(to + lo_sample, &v, 32);
         return;
     }
     store4(to + lo_sample, __builtin_shufflevector(v, v, 0, 1, 2, 3), p.lo_lanes);
-    if (p.hi_lanes) store4(to + hi_sample, __builtin_shufflevector(v, v, 4, 5, 6, 7), p.hi_lanes);
+    if (p.hi_lanes) store4(to + lo_sample + 4, __builtin_shufflevector(v, v, 4, 5, 6, 7), p.hi_lanes);
 }
 
 // MARK: - Walk
@@ -500,3 +523,8 @@ void nb_color(const nb_slab *slabs, ptrdiff_t slab_count, float exposure_low, fl
 nb_float4 nb_widen_halves(const uint16_t *halves) { return widen4(halves); }
 
 nb_float4 nb_widen_halves_integer(const uint16_t *halves) { return widen4_integer(halves); }
+
+void nb_widen_halves8(const uint16_t *halves, float widened[8]) {
+    const f8 v = widen8(halves, halves + 4);
+    memcpy(widened, &v, 32);
+}

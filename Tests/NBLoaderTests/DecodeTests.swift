@@ -28,6 +28,19 @@ final class DecodeTests: XCTestCase {
                     }
                 }
             }
+            // Eight at a time, as the kernels widen pairs of chunks (groups with and without NaNs, and mixed).
+            for bits in stride(from: 0, to: 65536, by: 8) {
+                let halves = (0..<8).map { UInt16(bits + $0) }
+                var widened = [Float](repeating: 0, count: 8)
+                nb_widen_halves8(halves, &widened)
+                for lane in 0..<8 {
+                    let expected = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: (bits + lane) * 4, as: UInt32.self))
+                    if widened[lane].bitPattern != expected {
+                        XCTFail("eight lanes: half 0x\(String(bits + lane, radix: 16)): got 0x\(String(widened[lane].bitPattern, radix: 16)), numpy 0x\(String(expected, radix: 16))")
+                        return
+                    }
+                }
+            }
         }
     }
 

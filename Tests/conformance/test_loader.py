@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -600,6 +601,18 @@ def test_bench_decode_only(nb_binary, datasets, configs, tmp_path):
                            (["--decode-only", "--rounds", 0], "--rounds")):
         result = ls.run(nb_binary, "bench", "--config", path, *options)
         assert result.returncode == 2 and named in result.stderr, result.describe()
+
+
+def test_bench_kernels_script_runs():
+    """scripts/bench_kernels.sh builds the kernels with its harness and times every walk it names."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_kernels.sh"
+    result = subprocess.run([str(script), "3"], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    timings = re.findall(r"^  (.+?) +([0-9.]+) ms", result.stdout, re.M)
+    assert [name for name, _ in timings] == [
+        "identity (orientation 7)", "transposed (orientation 0)", "transposed, flipped (orientation 3)",
+        "memset of the output"], result.stdout
+    assert all(float(ms) > 0 for _, ms in timings), result.stdout
 
 
 def test_binary_is_present():

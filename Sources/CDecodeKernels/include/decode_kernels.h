@@ -89,6 +89,10 @@ nb_float4 nb_widen_halves(const uint16_t *halves);
 /// The same in integer arithmetic, as builds without F16C widen them (exported so tests check it too).
 nb_float4 nb_widen_halves_integer(const uint16_t *halves);
 
+/// Eight halves widened as the kernels widen two four-sample chunks side by side: one F16C conversion
+/// of all eight, or the integer path for both when any is a NaN.
+void nb_widen_halves8(const uint16_t *halves, float widened[8]);
+
 #ifdef __cplusplus
 }
 #endif
