@@ -169,6 +169,14 @@ NB_INLINE void store8(nb_plane plane, ptrdiff_t output, ptrdiff_t channel, pass 
     if (p.hi_lanes) store4(to + lo_sample + 4, __builtin_shufflevector(v, v, 4, 5, 6, 7), p.hi_lanes);
 }
 
+/// Channels 0-2 of output pixel `output` in `plane`, if the plane was requested.
+NB_INLINE void store3(nb_plane plane, ptrdiff_t output, pass p, f8 x, f8 y, f8 z) {
+    if (!plane.base) return;
+    store8(plane, output, 0, p, x);
+    store8(plane, output, 1, p, y);
+    store8(plane, output, 2, p, z);
+}
+
 // MARK: - Walk
 
 enum { max_planes = 4 };
@@ -375,12 +383,8 @@ NB_INLINE void normal_pass(const normal_context *c, ptrdiff_t source, ptrdiff_t 
     const f8 a = load8(p, source, 0, element);
     const f8 b = load8(p, source, 1, element);
     const f8 d = load8(p, source, 2, element);
-    const nb_plane world = c->out.plane[NORMAL_WORLD], screen = c->out.plane[NORMAL_SCREEN];
-    if (world.base) {
-        store8(world, output, 0, p, a);
-        store8(world, output, 1, p, b);
-        store8(world, output, 2, p, d);
-    }
+    const nb_plane screen = c->out.plane[NORMAL_SCREEN];
+    store3(c->out.plane[NORMAL_WORLD], output, p, a, b, d);
     if (screen.base) {
         store8(screen, output, 0, p, c->w[0] * a + c->w[1] * b + c->w[2] * d);
         store8(screen, output, 1, p, c->u[0] * a + c->u[1] * b + c->u[2] * d);
@@ -445,12 +449,8 @@ NB_INLINE void position_motion_pass(const position_motion_context *c, ptrdiff_t 
     const f8 x = load8(p, source, 0, ELEMENT_F32);
     const f8 y = load8(p, source, 1, ELEMENT_F32);
     const f8 z = load8(p, source, 2, ELEMENT_F32);
-    const nb_plane world_position = c->out.plane[WORLD_POSITION], depth = c->out.plane[DEPTH];
-    if (world_position.base) {
-        store8(world_position, output, 0, p, x);
-        store8(world_position, output, 1, p, y);
-        store8(world_position, output, 2, p, z);
-    }
+    const nb_plane depth = c->out.plane[DEPTH];
+    store3(c->out.plane[WORLD_POSITION], output, p, x, y, z);
     if (depth.base) {
         const f8 dx = x - c->eye[0], dy = y - c->eye[1], dz = z - c->eye[2];
         const f8 argument = 1.0f + 1.0f / nb_sqrt8(dx * dx + dy * dy + dz * dz);
@@ -461,12 +461,8 @@ NB_INLINE void position_motion_pass(const position_motion_context *c, ptrdiff_t 
     const f8 mx = load8(m, source, 0, ELEMENT_F32);
     const f8 my = load8(m, source, 1, ELEMENT_F32);
     const f8 mz = load8(m, source, 2, ELEMENT_F32);
-    const nb_plane world_motion = c->out.plane[WORLD_MOTION], screen_motion = c->out.plane[SCREEN_MOTION];
-    if (world_motion.base) {
-        store8(world_motion, output, 0, p, mx);
-        store8(world_motion, output, 1, p, my);
-        store8(world_motion, output, 2, p, mz);
-    }
+    const nb_plane screen_motion = c->out.plane[SCREEN_MOTION];
+    store3(c->out.plane[WORLD_MOTION], output, p, mx, my, mz);
     if (screen_motion.base) {
         f8 here_row, here_column, there_row, there_column;
         project(c->now, x, y, z, c, &here_row, &here_column);
