@@ -147,19 +147,21 @@ NB_INLINE pass matching_pass(pass p, const nb_slab *lo, const nb_slab *hi) {
 
 /// Channel `channel` of source pixel `source`, both halves.
 NB_INLINE f8 load8(pass p, ptrdiff_t source, ptrdiff_t channel, int element) {
+    const ptrdiff_t lo = source * p.lo->pixel_stride + channel * p.lo->channel_stride + p.lo_k;
+    const ptrdiff_t hi = source * p.hi->pixel_stride + channel * p.hi->channel_stride + p.hi_k;
     if (element == ELEMENT_F16 && p.lo_lanes == 4 && p.hi_lanes == 4) {
-        return widen8((const uint16_t *)p.lo->base + source * p.lo->pixel_stride + channel * p.lo->channel_stride + p.lo_k,
-                      (const uint16_t *)p.hi->base + source * p.hi->pixel_stride + channel * p.hi->channel_stride + p.hi_k);
+        return widen8((const uint16_t *)p.lo->base + lo, (const uint16_t *)p.hi->base + hi);
     }
-    const f4 a = load4(p.lo->base, source * p.lo->pixel_stride + channel * p.lo->channel_stride + p.lo_k, element, p.lo_lanes);
-    const f4 b = p.hi_lanes ? load4(p.hi->base, source * p.hi->pixel_stride + channel * p.hi->channel_stride + p.hi_k, element, p.hi_lanes) : a;
+    const f4 a = load4(p.lo->base, lo, element, p.lo_lanes);
+    const f4 b = p.hi_lanes ? load4(p.hi->base, hi, element, p.hi_lanes) : a;
     return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);
 }
 
 /// Channel `channel` of output pixel `output` in `plane`, both halves, at the samples they came from.
 NB_INLINE void store8(nb_plane plane, ptrdiff_t output, ptrdiff_t channel, pass p, f8 v) {
     float *to = plane.base + channel * plane.channel_stride + output * plane.pixel_stride;
-    // Both pass constructors put the high half's samples right after the low half's.
+    // The passes that store (`pair_pass`, `single_pass`) put the high half's samples right after the low
+    // half's.
     const ptrdiff_t lo_sample = p.lo->sample_origin + p.lo_k;
     if (p.lo_lanes == 4 && p.hi_lanes == 4) {
         memcpy(to + lo_sample, &v, 32);
@@ -212,7 +214,7 @@ NB_INLINE void prefetch_for_writing(const outputs *out, ptrdiff_t first, ptrdiff
 /// A transposing walk reads a source column per output row, so it goes in 16 × 16 tiles that reuse the
 /// source lines they touch. Its output rows are short runs 8 KiB and more apart, which the hardware
 /// prefetcher does not follow: the walk prefetches them for writing two rows ahead (1.3× faster on the
-/// transposing orientations).
+/// transposing orientations on an Intel machine, a few percent end to end on an AMD one).
 NB_INLINE void walk_pixels(nb_walk walk, const void *context, pixel_function pixel) {
     const ptrdiff_t n = walk.side;
     if (!walk.transposes) {
