@@ -15,13 +15,15 @@ What it shows:
   loader's `state_dict()` saved with the model (atomically: temporary file, fsync, rename).
 
 Options: --config (default config/demo.yaml; its serve: section is replaced for 2 ranks over ipc sockets in
---runtime-dir), --nb-serve (the binary, default .build/debug/nb-serve), --steps, --checkpoint.
+--runtime-dir), --nb-serve (the binary; default: $NB_SERVE, else `nb-serve` on PATH, else this checkout's
+release build .build/release/nb-serve, else its debug build), --steps, --checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,6 +134,22 @@ def save(path: str, state: dict):
     print(f"rank 0: checkpoint before step {state['step']} at {state['loader']} -> {path}", flush=True)
 
 
+def find_nb_serve() -> str:
+    """$NB_SERVE, else nb-serve on PATH, else this checkout's release build, else its debug build."""
+    if os.environ.get("NB_SERVE"):
+        return os.environ["NB_SERVE"]
+    on_path = shutil.which("nb-serve")
+    if on_path:
+        return on_path
+    for build in ("release", "debug"):
+        candidate = REPO / ".build" / build / "nb-serve"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    sys.exit("nb-serve was not found on PATH nor in this checkout's .build/release or .build/debug: build it with "
+             "`swift build -c release --product nb-serve` (in the repository root), install it on PATH (see the "
+             "README, \"Running as a service\"), or pass --nb-serve PATH (or set NB_SERVE)")
+
+
 def start_daemon(binary: str, config_path: Path, runtime: Path) -> tuple[subprocess.Popen, str]:
     """nb-serve for 2 ranks: the given config with its serve: section replaced (ipc sockets in `runtime`)."""
     config = yaml.safe_load(config_path.read_text())
@@ -141,6 +159,9 @@ def start_daemon(binary: str, config_path: Path, runtime: Path) -> tuple[subproc
     first = Path(config["data_path"]) / config["src"]["files"].format(index=0)
     if not first.exists():
         sys.exit(f"{first} is missing: run `nb-serve demo` (or scripts/demo.sh) first to generate the demo dataset")
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        sys.exit(f"{binary} is not an executable nb-serve: build it with `swift build -c release --product nb-serve` "
+                 f"or pass --nb-serve PATH")
     control = f"ipc://{runtime}/control.sock"
     config["serve"] = {"world_size": WORLD_SIZE, "endpoint": f"ipc://{runtime}/rank{{rank}}.sock",
                        "control": control, "prefetch": 4}
@@ -148,29 +169,36 @@ def start_daemon(binary: str, config_path: Path, runtime: Path) -> tuple[subproc
     derived = runtime / "nb-serve.yaml"
     derived.write_text(yaml.safe_dump(config, sort_keys=False))
     daemon = subprocess.Popen([binary, "run", "--config", str(derived)])
-    client = nbserve.ControlClient(control, timeout=0.5)
+    client = nbserve.ControlClient(control, timeout=5)
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.request({"cmd": "status"})
-            break
-        except TimeoutError:
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                sys.exit("nb-serve did not start")
-    client.close()
+    try:
+        while True:
+            try:
+                client.request({"cmd": "status"}, connect_timeout=0.2, await_start=True)
+                break
+            except nbserve.DaemonUnavailable:
+                # Not listening yet; a daemon that exited (a bad config) says why on its stderr.
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("nb-serve did not start (its messages are above)") from None
+    except BaseException:
+        daemon.terminate()
+        daemon.wait(30)
+        raise
+    finally:
+        client.close()
     return daemon, control
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(REPO / "config" / "demo.yaml"))
-    parser.add_argument("--nb-serve", default=os.environ.get("NB_SERVE", str(REPO / ".build" / "debug" / "nb-serve")))
+    parser.add_argument("--nb-serve", default=None, help="the nb-serve binary (default: see above)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--checkpoint", default=None, help="save/resume here (rank 0 saves at sequence boundaries)")
     parser.add_argument("--runtime-dir", default=None, help="where the daemon's sockets go (default: a temp dir)")
     args = parser.parse_args()
     runtime = Path(args.runtime_dir or tempfile.mkdtemp(prefix="nb-serve-ddp-"))
-    daemon, control = start_daemon(args.nb_serve, Path(args.config), runtime)
+    daemon, control = start_daemon(args.nb_serve or find_nb_serve(), Path(args.config), runtime)
     try:
         init_file = str(runtime / "dist-init")
         if os.path.exists(init_file):

@@ -152,6 +152,19 @@ extension Daemon {
             // What a client needs to interpret the stream without the config.
             "frames_per_sequence": config.source.framesPerSequence, "batch_size": layout.batchSize,
             "data_path": config.dataPath, "files": config.source.files.text, "sequences": config.source.sequences,
+            // The noisebase keys that decide what is served, as the config has them (batch_size for the whole
+            // world): a client checks its trainer's config against these.
+            "config": [
+                "batch_size": config.batchSize, "seed": Int(config.seed), "buffers": config.buffers.map(\.rawValue),
+                "samples": config.samples, "val_split": config.valSplit, "shuffle": config.shuffle,
+                "drop_last": config.dropLast, "flip_rotate": config.flipRotate,
+                "src": [
+                    "sequences": config.source.sequences, "files": config.source.files.text,
+                    "frames_per_sequence": config.source.framesPerSequence, "crop": config.source.crop,
+                    "samples": config.source.samples, "rendering_height": config.source.renderingHeight,
+                    "rendering_width": config.source.renderingWidth,
+                ] as [String: Any],
+            ] as [String: Any],
         ]
         if let state = currentState() {
             reply["resume_state"] = ["start_epoch_idx": state.startEpoch, "start_sequence_idx": state.startSequence]

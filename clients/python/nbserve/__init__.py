@@ -8,13 +8,15 @@
 Only numpy and pyzmq are needed here; ``nbserve.torch`` needs PyTorch and ``nbserve.lightning`` Lightning.
 """
 
+from ._config import ConfigMismatch
 from ._protocol import BatchError, ProtocolError
-from ._transport import ControlClient, DaemonError, Superseded, default_control
+from ._transport import ControlClient, DaemonError, DaemonUnavailable, Superseded, default_control
 from .loader import Loader
 from .projective import backproject_pixel_centers_np
 from .sampler import SamplerState
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["Loader", "BatchError", "ProtocolError", "DaemonError", "Superseded", "SamplerState", "ControlClient",
-           "backproject_pixel_centers_np", "default_control", "__version__"]
+__all__ = ["Loader", "BatchError", "ProtocolError", "DaemonError", "DaemonUnavailable", "ConfigMismatch",
+           "Superseded", "SamplerState", "ControlClient", "backproject_pixel_centers_np", "default_control",
+           "__version__"]

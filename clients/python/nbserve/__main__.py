@@ -6,14 +6,16 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from . import BatchError, DaemonError, Loader, ProtocolError, default_control
+from . import BatchError, DaemonError, DaemonUnavailable, Loader, ProtocolError, default_control
 from ._transport import ControlClient
 
 
-def _flatten(batch: dict, prefix: str = ""):
+def _flatten(batch: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in batch.items():
         if isinstance(value, dict):
             yield from _flatten(value, f"{prefix}{key}.")
@@ -21,7 +23,7 @@ def _flatten(batch: dict, prefix: str = ""):
             yield prefix + key, value
 
 
-def status_text(reply: dict) -> str:
+def status_text(reply: dict[str, Any]) -> str:
     lines = [
         f"nb-serve pid {reply.get('pid')}, up {reply.get('uptime_s', 0):.0f} s, world size {reply.get('world_size')}: "
         f"{reply.get('frames_per_s', 0):.1f} frames/s, {reply.get('bytes_per_s', 0) / 1e6:.1f} MB/s, "
@@ -47,13 +49,13 @@ def status_text(reply: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_status(args) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     reply = ControlClient(args.control, args.timeout).request({"cmd": "status"})
     print(json.dumps(reply, indent=2, sort_keys=True) if args.json else status_text(reply))
     return 0
 
 
-def cmd_pull(args) -> int:
+def cmd_pull(args: argparse.Namespace) -> int:
     get_epoch = (lambda: args.epoch) if args.epoch is not None else None
     loader = Loader(args.control, stage=args.stage, rank=args.rank, world_size=args.world_size,
                     get_epoch=get_epoch, timeout=args.timeout)
@@ -95,7 +97,7 @@ def cmd_pull(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nbserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
     if args.command == "pull" and (args.world_size is None or args.rank is None):
         try:
             status = ControlClient(args.control, args.timeout).request({"cmd": "status"})
-        except (TimeoutError, DaemonError) as error:
+        except (TimeoutError, DaemonError, DaemonUnavailable) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         if args.world_size is None:
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
             args.rank = status["ranks"][0]["rank"] if status.get("ranks") else 0
     try:
         return cmd_status(args) if args.command == "status" else cmd_pull(args)
-    except (TimeoutError, DaemonError, ProtocolError) as error:
+    except (TimeoutError, DaemonError, DaemonUnavailable, ProtocolError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

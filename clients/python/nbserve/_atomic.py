@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Callable
 
 
 def temporary_path(path: str) -> str:
@@ -13,7 +14,7 @@ def temporary_path(path: str) -> str:
     return os.path.join(directory, f".{name}.nbserve-tmp")
 
 
-def _fsync_path(path: str, directory: bool = False):
+def _fsync_path(path: str, directory: bool = False) -> None:
     flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
     fd = os.open(path, flags)
     try:
@@ -22,7 +23,7 @@ def _fsync_path(path: str, directory: bool = False):
         os.close(fd)
 
 
-def _fsync_tree(path: str):
+def _fsync_tree(path: str) -> None:
     if os.path.isdir(path):
         for root, _, files in os.walk(path):
             for name in files:
@@ -32,7 +33,7 @@ def _fsync_tree(path: str):
         _fsync_path(path)
 
 
-def commit(temporary: str, path: str):
+def commit(temporary: str, path: str) -> None:
     """Makes the written `temporary` the file (or directory) at `path`, durably."""
     _fsync_tree(temporary)
     directory = os.path.dirname(os.path.abspath(path))
@@ -51,14 +52,14 @@ def commit(temporary: str, path: str):
     _fsync_path(directory, directory=True)
 
 
-def discard(temporary: str):
+def discard(temporary: str) -> None:
     if os.path.isdir(temporary) and not os.path.islink(temporary):
         shutil.rmtree(temporary, ignore_errors=True)
     elif os.path.lexists(temporary):
         os.remove(temporary)
 
 
-def atomic_write(path: str, write, *, commit_here: bool = True):
+def atomic_write(path: str, write: Callable[[str], object], *, commit_here: bool = True) -> None:
     """Calls ``write(temporary_path)`` and then replaces `path` with what it wrote.
 
     With ``commit_here=False`` (a process that takes part in writing but does not own the file, such as a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class ProtocolError(RuntimeError):
 class BatchError(RuntimeError):
     """The daemon could not produce a batch (its `error` message): names the file, array and chunk."""
 
-    def __init__(self, header: dict, rank: int | None = None):
+    def __init__(self, header: dict[str, Any], rank: int | None = None) -> None:
         self.header = header
         self.stage = header.get("stage")
         self.epoch = header.get("epoch")
@@ -42,7 +43,7 @@ class BatchError(RuntimeError):
             f"{'' if rank is None else f' of rank {rank}'}: {where or 'no file named'}: {self.reason}")
 
 
-def decode_header(frame) -> dict:
+def decode_header(frame: Any) -> dict[str, Any]:
     """Frame 0 of a message: a JSON object of protocol version 1 with a known type."""
     raw = frame.bytes if hasattr(frame, "bytes") else bytes(frame)
     try:
@@ -58,7 +59,7 @@ def decode_header(frame) -> dict:
     return header
 
 
-def decode_tensors(header: dict, frames) -> dict:
+def decode_tensors(header: dict[str, Any], frames: Any) -> dict[str, np.ndarray]:
     """{name: ndarray} for a `batch` message, each array wrapping its received frame in place (no copy)."""
     specs = header.get("tensors")
     if not isinstance(specs, list):
@@ -87,7 +88,7 @@ def decode_tensors(header: dict, frames) -> dict:
     return arrays
 
 
-def nest(arrays: dict) -> dict:
+def nest(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """'prev_camera.crop_offset' -> batch['prev_camera']['crop_offset'], keys in noisebase's order."""
     batch: dict = {}
     for name in sorted(arrays, key=lambda n: _RANK.get(n.partition(".")[0], len(_RANK))):
@@ -103,7 +104,7 @@ def nest(arrays: dict) -> dict:
     return batch
 
 
-def with_file(batch: dict, files: list) -> dict:
+def with_file(batch: dict[str, Any], files: list[str]) -> dict[str, Any]:
     """The batch with noisebase's `file` key (the list of sequence paths) in its place."""
     out = {}
     inserted = False

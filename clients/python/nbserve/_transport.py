@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
@@ -16,7 +17,17 @@ from ._protocol import ProtocolError, decode_header
 
 
 class DaemonError(RuntimeError):
-    """The daemon refused a control request (its reply had "ok": false)."""
+    """The daemon refused a control request (its reply had "ok": false), or it cannot serve this trainer."""
+
+
+class DaemonUnavailable(ConnectionError):
+    """Nothing answers at the control endpoint: no daemon is running there (the message says how to start one)."""
+
+
+# How long a connection to the control socket may take before nothing is taken to be listening. libzmq
+# completes a connection (and the ZMTP handshake, on the daemon's I/O thread) within milliseconds whenever a
+# daemon is there, busy or not; only the reply waits for the daemon's loop, and that wait is `timeout`.
+CONNECT_S = 1.5
 
 
 def default_control() -> str:
@@ -29,6 +40,19 @@ def default_control() -> str:
     else:
         directory = f"/tmp/nb-serve-{os.getuid()}"
     return f"ipc://{directory}/control.sock"
+
+
+def ipc_path(endpoint: str) -> str | None:
+    """The socket file of an ipc:// endpoint (None for other transports and abstract sockets)."""
+    if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+        return endpoint[len("ipc://"):]
+    return None
+
+
+def how_to_start(endpoint: str) -> str:
+    return (f"start the daemon with `nb-serve run --config DATASET.yaml` (its serve.control must be {endpoint}; "
+            f"under systemd: `sudo systemctl start nb-serve`), or pass the loader the control endpoint of the "
+            f"daemon that runs; `nb-serve ctl --control {endpoint} status` checks it")
 
 
 _contexts: dict[int, zmq.Context] = {}
@@ -46,12 +70,17 @@ def context() -> zmq.Context:
 
 
 class ControlClient:
-    """Request/reply with the daemon's control socket; a reply that does not come within `timeout` seconds
-    raises TimeoutError (and the socket is replaced, so the next request starts clean)."""
+    """Request/reply with the daemon's control socket.
 
-    def __init__(self, endpoint: str, timeout: float):
+    A request fails within ``connect_timeout`` seconds with DaemonUnavailable when nothing listens at the
+    endpoint (for ipc, at once when the socket file does not exist); a reply that does not come within
+    ``timeout`` seconds raises TimeoutError. Either way the socket is replaced, so the next request starts
+    clean."""
+
+    def __init__(self, endpoint: str, timeout: float, connect_timeout: float = CONNECT_S) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self._socket: zmq.Socket | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -60,42 +89,55 @@ class ControlClient:
         if self._socket is None or self._pid != os.getpid():
             socket = context().socket(zmq.REQ)
             socket.setsockopt(zmq.LINGER, 0)
+            # Queue requests only to completed connections: POLLOUT then says that a daemon is there.
+            socket.setsockopt(zmq.IMMEDIATE, 1)
             socket.connect(self.endpoint)
             self._socket, self._pid = socket, os.getpid()
         return self._socket
 
-    def request(self, body: dict, *, check: bool = True) -> dict:
+    def request(self, body: dict[str, Any], *, check: bool = True, connect_timeout: float | None = None,
+                await_start: bool = False) -> dict[str, Any]:
+        """Sends one request and returns the daemon's reply (raising DaemonError for "ok": false when `check`).
+
+        `connect_timeout` replaces the wait for a connection; with `await_start` a missing ipc socket file
+        is waited for too (a daemon that is starting), instead of failing at once."""
         with self._lock:
+            path = ipc_path(self.endpoint)
+            if not await_start and path is not None and not os.path.exists(path):
+                self._discard()
+                raise DaemonUnavailable(f"nb-serve is not running: there is no socket file {path} for the control "
+                                        f"endpoint {self.endpoint}; {how_to_start(self.endpoint)}")
             socket = self._connect()
-            deadline_ms = max(1, int(self.timeout * 1000))
+            connect_s = self.connect_timeout if connect_timeout is None else connect_timeout
+            if not socket.poll(max(1, int(connect_s * 1000)), zmq.POLLOUT):
+                self._discard()
+                raise DaemonUnavailable(f"nb-serve is not running: nothing answers at {self.endpoint} (no connection "
+                                        f"within {connect_s:g} s); {how_to_start(self.endpoint)}")
             try:
-                if not socket.poll(deadline_ms, zmq.POLLOUT):
-                    raise TimeoutError
                 socket.send_json(body, zmq.NOBLOCK)
-                if not socket.poll(deadline_ms, zmq.POLLIN):
+                if not socket.poll(max(1, int(self.timeout * 1000)), zmq.POLLIN):
                     raise TimeoutError
                 reply = socket.recv_json()
             except (TimeoutError, zmq.Again):
                 self._discard()
                 raise TimeoutError(
                     f"nb-serve did not answer {body.get('cmd')!r} on {self.endpoint} within {self.timeout:g} s "
-                    f"(is `nb-serve run` running? `nb-serve ctl status --control {self.endpoint}`)") from None
+                    f"(it is connected but busy or stopped: `nb-serve ctl --control {self.endpoint} status`)") from None
         if not isinstance(reply, dict):
             raise ProtocolError(f"control reply is not a JSON object: {reply!r}")
         if check and not reply.get("ok"):
             raise DaemonError(f"nb-serve refused {body.get('cmd')!r}: {reply.get('error', reply)}")
         return reply
 
-    def _discard(self):
+    def _discard(self) -> None:
         if self._socket is not None:
-            self._socket.close(linger=0)
+            if self._pid == os.getpid():
+                self._socket.close(linger=0)
             self._socket = None
 
-    def close(self):
+    def close(self) -> None:
         with self._lock:
-            if self._pid == os.getpid():
-                self._discard()
-            self._socket = None
+            self._discard()
 
 
 def data_endpoint(endpoint: str, control: str) -> str:

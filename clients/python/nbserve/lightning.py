@@ -6,6 +6,7 @@ and ``noisebase.lightning.MidepochCheckpoint``.
 
 from __future__ import annotations
 
+from typing import Any
 from weakref import proxy
 
 try:
@@ -20,31 +21,29 @@ from .torch import TrainingSampleLoader_v1 as TorchLoader
 
 class TrainingSampleLoader_v1(L.LightningDataModule):
     """A LightningDataModule serving the train and val stages from nb-serve; the epoch of each stream is
-    ``trainer.current_epoch``, and Lightning's distributed sampler replacement is turned off (the daemon
-    shards the data by rank), as noisebase's data module does.
+    ``trainer.current_epoch``. Lightning replaces the sampler (or adds a DistributedSampler) only in
+    ``torch.utils.data.DataLoader`` objects; these loaders are plain iterables, so it leaves them alone and
+    the daemon's sharding by rank stands (noisebase's data module turns the replacement off through a private
+    attribute of the trainer instead).
 
     control: the daemon's control endpoint; the other arguments go to ``nbserve.torch.TrainingSampleLoader_v1``
     (pin_memory, timeout, and noisebase's config keys, which may be passed as they are).
     """
 
-    def __init__(self, control: str | None = None, **loader_args):
+    def __init__(self, control: str | None = None, **loader_args: Any) -> None:
         super().__init__()
         self.control = control
         self.loader_args = loader_args
-
-    def setup(self, stage):
-        # We don't want Lightning to mess with the sampler (noisebase does the same).
-        self.trainer._accelerator_connector.use_distributed_sampler = False
 
     def _loader(self, stage: str) -> TorchLoader:
         args = dict(self.loader_args)
         args["stage"] = stage
         return TorchLoader(self.control, get_epoch=lambda: self.trainer.current_epoch, **args)
 
-    def train_dataloader(self):
+    def train_dataloader(self) -> TorchLoader:
         return self._loader("train")
 
-    def val_dataloader(self):
+    def val_dataloader(self) -> TorchLoader:
         return self._loader("val")
 
 
@@ -62,24 +61,25 @@ class MidepochCheckpoint(ModelCheckpoint):
     leaves the previous checkpoints as they were.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._nbserve_pending: dict[str, str] = {}   # path -> "save" | "remove", the last operation asked
 
     # ModelCheckpoint's own calls are recorded, and carried out at the next safe point.
 
-    def _save_checkpoint(self, trainer, filepath):
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         self._nbserve_pending.pop(filepath, None)
         self._nbserve_pending[filepath] = "save"
 
-    def _remove_checkpoint(self, trainer, filepath):
+    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if not self._nbserve_saves_pending():
             super()._remove_checkpoint(trainer, filepath)
             return
         self._nbserve_pending.pop(filepath, None)
         self._nbserve_pending[filepath] = "remove"
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         if self._nbserve_saves_pending():
             sampler = trainer.train_dataloader.batch_sampler
@@ -88,7 +88,7 @@ class MidepochCheckpoint(ModelCheckpoint):
                 self._nbserve_flush(trainer)
                 sampler.cached_state = {}
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._nbserve_pending:
             # Between epochs is always safe; no sampler state is needed.
@@ -97,7 +97,7 @@ class MidepochCheckpoint(ModelCheckpoint):
     def _nbserve_saves_pending(self) -> bool:
         return any(operation == "save" for operation in self._nbserve_pending.values())
 
-    def _nbserve_flush(self, trainer):
+    def _nbserve_flush(self, trainer: L.Trainer) -> None:
         pending, self._nbserve_pending = self._nbserve_pending, {}
         # New files first, removals after: at no moment are there fewer complete checkpoints than before.
         for path, operation in pending.items():
@@ -107,7 +107,7 @@ class MidepochCheckpoint(ModelCheckpoint):
             if operation == "remove":
                 super()._remove_checkpoint(trainer, path)
 
-    def _nbserve_write(self, trainer, filepath):
+    def _nbserve_write(self, trainer: L.Trainer, filepath: str) -> None:
         if not _local(filepath):
             super()._save_checkpoint(trainer, filepath)
             return

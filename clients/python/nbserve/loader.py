@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any, Callable
 
+from . import _config
 from ._protocol import BatchError, ProtocolError, decode_tensors, nest, with_file
 from ._transport import Channel, ControlClient, DaemonError, Superseded, data_endpoint, default_control
 from .sampler import SamplerState
-
-# Keys of noisebase's loader config (its dataset YAML / TrainingSampleLoader_v1 arguments). They are
-# accepted so an existing call keeps working; the daemon's config decides what is served, and these are
-# used only for noisebase's `file` key (data_path, src.files) and the sampler geometry (src.frames_per_sequence,
-# batch_size), which are checked against what the daemon sends.
-NOISEBASE_CONFIG_KEYS = frozenset({
-    "src", "seed", "val_split", "shuffle", "batch_size", "drop_last", "num_workers", "flip_rotate", "buffers",
-    "samples", "data_path", "data_remote", "name", "type", "framework", "sampler_state", "defaults", "_target_",
-    "loaders", "serve",  # serve: nb-serve's own section, when the daemon's YAML is passed as it is
-})
 
 
 def _distributed() -> tuple[int, int] | None:
@@ -47,15 +40,17 @@ class Loader:
     noisebase's loader, unless ``get_epoch`` is given) and yields its batches as dicts of numpy arrays with
     noisebase's keys, shapes and dtypes (``prev_camera`` nested, ``frame_index`` a 0-d int64 array), each
     array a view of the received ZeroMQ frame (no copy). Iteration stops at the daemon's end-of-epoch
-    message. Each batch is acknowledged to the daemon when the next one is asked for, so the daemon's
-    resume state (``nb-serve ctl checkpoint``) covers what was trained on.
+    message. A batch counts as consumed once the next one is asked for; consumption is acknowledged to the
+    daemon whenever it completes a sequence group and at the end of the epoch (the granularity of the
+    daemon's resume state), so ``nb-serve ctl checkpoint`` covers what was trained on.
 
     The daemon streams one epoch per rank at a time, and every loader of a rank in a process shares one data
     socket. When another epoch is streamed to the rank in the middle of an iteration (validation in the
     middle of a training epoch), the interrupted iterator, once resumed, asks for its epoch again from the
     start of the interrupted sequence group and passes over what it already yielded: it yields the
-    uninterrupted epoch. A batch the daemon could not produce raises ``BatchError``; a daemon that does not
-    answer within ``timeout`` seconds raises ``TimeoutError``.
+    uninterrupted epoch. A batch the daemon could not produce raises ``BatchError``; no daemon at the control
+    endpoint raises ``DaemonUnavailable`` within seconds; a daemon that does not answer within ``timeout``
+    seconds raises ``TimeoutError``.
 
     control     the daemon's control endpoint (default: the daemon's default, as `nb-serve run` uses)
     stage       "train" or "val"
@@ -64,18 +59,17 @@ class Loader:
                 this world size
     get_epoch   callable giving the epoch to ask for at each iteration (noisebase's argument)
     timeout     seconds to wait for any reply or batch before raising TimeoutError
-    **config    noisebase's loader config (optional): with ``data_path`` and ``src`` batches also carry
-                noisebase's ``file`` key; ``src.frames_per_sequence`` and ``batch_size`` make
-                ``batch_sampler.checkpoint`` exact from the first batch
+    **config    noisebase's loader config, as it is (optional). Every key of it that decides the batches
+                (batch_size, seed, buffers, samples, val_split, shuffle, drop_last, flip_rotate, src.*) must say
+                what the daemon serves, else ConfigMismatch names the key and both values; ``data_path`` and
+                ``src.files`` give batches noisebase's ``file`` key; keys neither noisebase nor nb-serve reads
+                are ignored with a warning
     """
 
     def __init__(self, control: str | None = None, stage: str = "train", rank: int | None = None,
-                 world_size: int | None = None, get_epoch=None, timeout: float = 60.0, **config):
-        self._closed, self._channel, self._control = True, None, None
-        unknown = sorted(set(config) - NOISEBASE_CONFIG_KEYS)
-        if unknown:
-            raise TypeError(f"unexpected arguments {unknown} (noisebase config keys are accepted: "
-                            f"{sorted(NOISEBASE_CONFIG_KEYS)})")
+                 world_size: int | None = None, get_epoch: Callable[[], int] | None = None, timeout: float = 60.0,
+                 **config: Any) -> None:
+        self._channel: Channel | None = None
         self._closed = False
         self.control = control or default_control()
         self.stage = _stage(stage)
@@ -100,31 +94,31 @@ class Loader:
             raise DaemonError(
                 f"nb-serve at {self.control} does not serve rank {self.rank} (it serves ranks {sorted(served)} "
                 f"of {self.world_size}); connect this rank to the daemon that serves it")
+        _config.check(config, status.get("config"), self.control)
         self.endpoint = data_endpoint(served[self.rank]["endpoint"], self.control)
 
-        src = config.get("src") or {}
-        batch_size = config.get("batch_size")
+        # The daemon's geometry: the positions checkpoint() saves are positions in the stream it serves.
         self.batch_sampler = SamplerState(
-            rank=self.rank, num_replicas=self.world_size, get_epoch=get_epoch,
-            frames_per_sequence=None if src.get("frames_per_sequence") is None else int(src["frames_per_sequence"]),
-            batch_size=None if batch_size is None else int(batch_size) // self.world_size)
-        self._files = None
-        if "src" in config and "files" in src:
+            frames_per_sequence=int(status["frames_per_sequence"]), batch_size=int(status["batch_size"]),
+            rank=self.rank, num_replicas=self.world_size, get_epoch=get_epoch)
+        self._files: Callable[[int], str] | None = None
+        src = config.get("src") or {}
+        if "files" in src:
             # noisebase: os.path.join(resolve_data_path(data_path), src['files'].format(index=i)); its default
             # data path (data_path None) is the working directory's data/.
             data_path = config.get("data_path")
             root = data_path if data_path is not None else os.path.join(os.getcwd(), "data")
             template = src["files"]
             self._files = lambda index: os.path.join(root, template.format(index=index))
-        self._lengths: dict = {}
-        self.last_header: dict | None = None
+        self._lengths: dict[tuple[str, int], int] = {}
+        self.last_header: dict[str, Any] | None = None
         entry = served[self.rank]
         active = (entry.get("stage"), entry.get("epoch")) if entry.get("active") else None
         self._channel = Channel.acquire(self.endpoint, active)
 
     # -- noisebase's loader API
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         return self._epoch()
 
     def __len__(self) -> int:
@@ -136,18 +130,19 @@ class Loader:
             self._lengths[key] = int(reply["batches"])
         return self._lengths[key]
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, int]:
         return self.batch_sampler.cached_state
 
-    def load_state_dict(self, state_dict: dict):
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.batch_sampler.load_state_dict(state_dict)
 
     # -- the stream
 
-    def _epoch(self):
+    def _epoch(self) -> Iterator[dict[str, Any]]:
         if self._closed:
             raise RuntimeError("this nbserve.Loader is closed")
         sampler = self.batch_sampler
+        frames = sampler.frames_per_sequence
         epoch = int(sampler.get_epoch())
         request = {"cmd": "epoch", "rank": self.rank, "stage": self.stage, "epoch": epoch}
         state = sampler.resume_request()
@@ -155,29 +150,32 @@ class Loader:
             request["state"] = state
         stream = self._channel.begin(self._control, request, self.timeout)
         base = self._resumed_from(stream, epoch)  # the epoch's sequence position the stream starts at
-        consumed = 0      # batch positions of `stream` the consumer is done with (acknowledged)
-        delivered = 0     # batch positions of `stream` handed out (batches and errors)
+        delivered = 0     # batch positions of `stream` handed out (batches and errors); once the next one is
+        acknowledged = 0  # asked for, all are consumed; those up to a group boundary are acknowledged
         skip = 0          # positions to pass over after a continuation (handed out before it)
         group = None      # the sequences of the last batch handed out
         while True:
             if self._closed:
                 raise RuntimeError("this nbserve.Loader was closed during the epoch")
-            if consumed:
-                self._ack(stream, consumed)
+            boundary = delivered - delivered % frames
+            if boundary > acknowledged:
+                self._ack(stream, boundary)
+                acknowledged = boundary
             try:
-                header, frames = self._channel.receive(stream, self.timeout)
+                header, frames_ = self._channel.receive(stream, self.timeout)
             except Superseded:
                 stream, base, skip = self._continue(epoch, stream, base, delivered)
-                consumed = delivered = 0
+                delivered = acknowledged = 0
                 continue
             kind = header["type"]
             if kind == "end":
                 if skip:
                     raise ProtocolError(f"the continued {self.stage} epoch {epoch} ended {skip} batches early")
-                sampler.observe_end(stream, stream.next_batch)
+                if delivered > acknowledged:
+                    self._ack(stream, delivered)
                 sampler.epoch_finished(epoch)
                 return
-            consumed = delivered = header["batch"] + 1
+            delivered = header["batch"] + 1
             if skip:
                 # Already handed out before the stream was interrupted: the same group, frame by frame.
                 if kind != "batch" or header["sequences"] != group or header["frame_index"] != header["batch"]:
@@ -188,46 +186,49 @@ class Loader:
                 continue
             if kind == "error":
                 raise BatchError(header, self.rank)
-            sampler.observe(stream, header["batch"], header["frame_index"], len(header["sequences"]))
+            self._check_geometry(header)
             self.last_header = header
             group = header["sequences"]
-            batch = nest(decode_tensors(header, frames))
+            batch = nest(decode_tensors(header, frames_))
             if self._files is not None:
                 batch = with_file(batch, [self._files(index) for index in header["sequences"]])
             yield batch
 
+    def _check_geometry(self, header: dict[str, Any]) -> None:
+        sampler = self.batch_sampler
+        if header["frame_index"] != header["batch"] % sampler.frames_per_sequence \
+                or len(header["sequences"]) > sampler.batch_size:
+            raise ProtocolError(
+                f"{self.stage} batch {header['batch']} holds frame {header['frame_index']} of "
+                f"{len(header['sequences'])} sequences, which does not fit the daemon's reported "
+                f"frames_per_sequence {sampler.frames_per_sequence} and batch size {sampler.batch_size} per rank")
+
     @staticmethod
-    def _resumed_from(stream, epoch: int) -> int:
+    def _resumed_from(stream: Any, epoch: int) -> int:
         resumed = stream.reply.get("resumed_from")
         if isinstance(resumed, dict) and resumed.get("start_epoch_idx") == epoch:
             return int(resumed.get("start_sequence_idx", 0))
         return 0
 
-    def _continue(self, epoch: int, stream, base: int, delivered: int):
+    def _continue(self, epoch: int, stream: Any, base: int, delivered: int) -> tuple[Any, int, int]:
         """Another epoch was streamed to this rank meanwhile (say, validation in the middle of a training
         epoch): asks for this epoch again from the start of the interrupted sequence group (a resume state,
         as noisebase's) and returns (stream, its base, batches to pass over)."""
-        frames, batch_size = self.batch_sampler.frames_per_sequence, self.batch_sampler.batch_size
-        # frames_per_sequence is learned where the stream crosses a group boundary: while it is unknown, every
-        # batch handed out lies in the stream's first group.
-        groups = 0 if frames is None else delivered // frames
-        if groups and batch_size is None:
-            raise Superseded(f"cannot continue the interrupted {self.stage} epoch {epoch} on rank {self.rank}: its "
-                             f"batch size is not known (pass the noisebase config's batch_size to the loader)")
-        start = base + (groups * batch_size * self.world_size if groups else 0)
-        skip = delivered - (groups * frames if groups else 0)
+        frames = self.batch_sampler.frames_per_sequence
+        start = base + self.batch_sampler.sequence_index(delivered)
+        skip = delivered % frames
         request = {"cmd": "epoch", "rank": self.rank, "stage": self.stage, "epoch": epoch,
                    "state": {"start_epoch_idx": epoch, "start_sequence_idx": start}}
         stream = self._channel.begin(self._control, request, self.timeout)
         return stream, self._resumed_from(stream, epoch), skip
 
-    def _ack(self, stream, consumed: int):
+    def _ack(self, stream: Any, consumed: int) -> None:
         self._control.request({"cmd": "ack", "rank": self.rank, "stage": stream.stage, "epoch": stream.epoch,
                                "batches": consumed})
 
     # -- lifetime
 
-    def close(self):
+    def close(self) -> None:
         """Releases the sockets (the rank's data socket closes when its last loader in the process does)."""
         if self._closed:
             return
@@ -238,18 +239,18 @@ class Loader:
         if self._control is not None:
             self._control.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Loader:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.close()
         except Exception:
             pass
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"nbserve.Loader(control={self.control!r}, stage={self.stage!r}, rank={self.rank}, "
                 f"world_size={self.world_size}, endpoint={self.endpoint!r})")

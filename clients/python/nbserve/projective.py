@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def backproject_pixel_centers_np(motion, crop_offset, prev_crop_offset, as_grid: bool = False) -> np.ndarray:
+def backproject_pixel_centers_np(motion: ArrayLike, crop_offset: ArrayLike, prev_crop_offset: ArrayLike,
+                                 as_grid: bool = False) -> np.ndarray:
     """Where each pixel center of the current crop was in the previous frame's crop.
 
     Args (as noisebase's torch function, with numpy arrays):

@@ -9,15 +9,19 @@ frames, then optionally copied into pinned memory and/or to ``device``), ``prev_
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any, Callable
+
 try:
     import torch
 except ImportError as error:  # pragma: no cover - exercised only where torch is missing
     raise ImportError("nbserve.torch needs PyTorch: pip install torch (or nbserve[torch])") from error
 
 from .loader import Loader
+from .sampler import SamplerState
 
 
-def _to_torch(value, pin: bool, device):
+def _to_torch(value: Any, pin: bool, device: torch.device | None) -> Any:
     if isinstance(value, dict):
         return {key: _to_torch(item, pin, device) for key, item in value.items()}
     if isinstance(value, list):
@@ -44,30 +48,31 @@ class TrainingSampleLoader_v1:
     rank, world_size, timeout
                 as for ``nbserve.Loader``
     **config    noisebase's loader config may be passed as it is (``TrainingSampleLoader_v1(**cfg, ...)``): the
-                daemon's config decides what is served; ``data_path``/``src`` give noisebase's ``file`` key and
-                ``src.frames_per_sequence``/``batch_size`` the sampler geometry
+                daemon's config decides what is served, and every key of it that decides the batches must agree
+                with the daemon's (``nbserve.ConfigMismatch`` otherwise); ``data_path``/``src`` give noisebase's
+                ``file`` key
 
     ``loader.batch_sampler.checkpoint(epoch, batch_idx)``, ``loader.batch_sampler.cached_state``,
     ``loader.state_dict()`` and ``loader.load_state_dict(state)`` behave as noisebase's.
     """
 
-    def __init__(self, control: str | None = None, stage: str = "train", get_epoch=None, pin_memory: bool = True,
-                 device=None, rank: int | None = None, world_size: int | None = None, timeout: float = 60.0,
-                 **config):
+    def __init__(self, control: str | None = None, stage: str = "train", get_epoch: Callable[[], int] | None = None,
+                 pin_memory: bool = True, device: str | torch.device | None = None, rank: int | None = None,
+                 world_size: int | None = None, timeout: float = 60.0, **config: Any) -> None:
         self.loader = Loader(control, stage=stage, rank=rank, world_size=world_size, get_epoch=get_epoch,
                              timeout=timeout, **config)
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
         self.device = torch.device(device) if device is not None else None
 
     @property
-    def batch_sampler(self):
+    def batch_sampler(self) -> SamplerState:
         return self.loader.batch_sampler
 
     @property
     def stage(self) -> str:
         return self.loader.stage
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         pin, device = self.pin_memory, self.device
         for batch in self.loader:
             yield _to_torch(batch, pin, device)
@@ -75,20 +80,21 @@ class TrainingSampleLoader_v1:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, int]:
         return self.loader.state_dict()
 
-    def load_state_dict(self, state_dict: dict):
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.loader.load_state_dict(state_dict)
 
-    def close(self):
+    def close(self) -> None:
         self.loader.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"nbserve.torch.TrainingSampleLoader_v1({self.loader!r})"
 
 
-def backproject_pixel_centers(motion, crop_offset, prev_crop_offset, as_grid: bool = False):
+def backproject_pixel_centers(motion: torch.Tensor, crop_offset: torch.Tensor, prev_crop_offset: torch.Tensor,
+                              as_grid: bool = False) -> torch.Tensor:
     """noisebase.torch.backproject_pixel_centers, verbatim in behaviour.
 
     Args:
