@@ -54,7 +54,7 @@ enum ControlRequest: Equatable {
         }
         let value: JSONValue
         do {
-            value = try JSONDecoder().decode(JSONValue.self, from: Data(frame))
+            value = try JSONValue.parse(frame)
         } catch {
             throw .invalid("the request is not valid JSON (\(frame.count) bytes)")
         }
@@ -129,12 +129,19 @@ enum ControlRequest: Equatable {
             switch value {
             case .int(let exact): number = Int(exactly: exact)
             case .uint(let exact): number = Int(exactly: exact)
+            case .double(let large) where large.rounded() == large && abs(large) >= 0x1p63:
+                // An integer beyond 64 bits (JSON has no limit): out of range, not a fraction.
+                throw .invalid("\"\(key)\" \(Self.integerText(large)) is out of range (0 to \(maximum))")
             default: throw .invalid("\"\(key)\" must be a JSON integer, not \(ControlRequest.kind(value))")
             }
             guard let number, (0...maximum).contains(number) else {
                 throw .invalid("\"\(key)\" \(value) is out of range (0 to \(maximum))")
             }
             return number
+        }
+
+        static func integerText(_ value: Double) -> String {
+            String(format: "%.0f", value)
         }
 
         func bool(_ key: String) throws(ControlError) -> Bool? {
