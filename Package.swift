@@ -66,5 +66,6 @@ let package = Package(
         .testTarget(name: "NBStorageTests", dependencies: ["NBStorage", "NBTestSupport"]),
         .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader", "CDecodeKernels", "NBTestSupport"]),
         .testTarget(name: "NBTransportTests", dependencies: ["NBTransport", "NBTestSupport"]),
+        .testTarget(name: "NBDaemonTests", dependencies: ["NBDaemon", "NBLoader", "NBStorage", "NBTransport"]),
     ]
 )

@@ -37,20 +37,24 @@ public struct DaemonError: Error, CustomStringConvertible {
 /// Which stream, batch and buffer a task belongs to.
 struct TaskOwner {
     let rank: Int
-    let batch: Int
-    let epoch: Int
     let stage: Stage
+    /// The stream id the task was scheduled for.
+    let stream: Int
+    let batch: Int
     let buffer: Int
 }
 
-/// Written by the signal handler, read by the main loop through `zmq_poll`.
+/// Written by the signal handler (the signal's number, one byte), read by the main loop through `zmq_poll`.
 nonisolated(unsafe) private var signalPipeWrite: Int32 = -1
 
 /// `nb-serve run`: one process, one thread of its own (plus libzmq's I/O thread), a poll loop over the
 /// control socket, the rank sockets, the worker pipes and a signal pipe. Workers decode into shared
-/// memory; the loop assembles lockstep batches there and sends them in plan order, per rank.
+/// memory; the loop assembles lockstep batches there and sends them in plan order, per rank and stage.
 public final class Daemon {
     let config: LoaderConfig
+    /// The config file's text as read once at start-up: every worker parses these bytes, never the file
+    /// again, so an edited file cannot make a replacement worker lay out memory differently.
+    let configText: String
     let options: DaemonOptions
     let ranks: [Int]
     let worldSize: Int
@@ -60,10 +64,11 @@ public final class Daemon {
     let controlEndpoint: String
     var sockets: [Int: ZmqSocket] = [:]
     var endpoints: [Int: String] = [:]
-    var streams: [Int: RankStream] = [:]
+    var streams: [Int: RankStreams] = [:]
+    var streamIDs = StreamIDs()
     let memory: SharedBatchMemory
-    var workers: [WorkerProcess] = []
-    var restarts = 0
+    let configMemory: SharedBatchMemory
+    var workers: WorkerPool!
     /// Tasks no worker has yet, oldest first; `taskOwners` says whose they are.
     var taskQueue: [WorkerTask] = []
     var taskOwners: [Int64: TaskOwner] = [:]
@@ -77,15 +82,23 @@ public final class Daemon {
     let signalPipe: [Int32]
     /// Zero-copy sends report here (from libzmq's I/O thread) which batch buffer a frame released.
     let releasePipe: [Int32]
-    let buffersPerRank: Int
+    /// Buffers per stream: `serve.prefetch` ready or in assembly, plus the one being sent.
+    let buffersPerStream: Int
 
     public init(options: DaemonOptions) throws {
         self.options = options
-        var loaded = try LoaderConfig.load(path: options.configPath)
+        let text: String
+        do {
+            text = try String(contentsOfFile: options.configPath, encoding: .utf8)
+        } catch {
+            throw ConfigError(file: options.configPath, key: "", reason: "cannot read: \(error.localizedDescription)")
+        }
+        var loaded = try LoaderConfig.parse(yaml: text, file: options.configPath, baseDirectory: Self.baseDirectory(of: options.configPath))
         if let endpoint = options.endpoint { loaded.serve.endpoint = endpoint }
         if let control = options.control { loaded.serve.control = control }
         if let workers = options.workers { loaded.numWorkers = workers }
         config = loaded
+        configText = text
         worldSize = config.serve.worldSize
         ranks = config.serve.ranks ?? Array(0..<worldSize)
         guard config.batchSize % worldSize == 0 else {
@@ -107,16 +120,28 @@ public final class Daemon {
             resumeState = state
         }
 
-        buffersPerRank = config.serve.prefetch + 1
-        memory = try SharedBatchMemory(creating: max(1, ranks.count * buffersPerRank * layout.byteCount))
+        // Each (rank, stage) stream has its own buffers: validation never takes the training stream's.
+        buffersPerStream = config.serve.prefetch + 1
+        let perRank = 2 * buffersPerStream
+        memory = try SharedBatchMemory(creating: max(1, ranks.count * perRank * layout.byteCount))
         for (index, rank) in ranks.enumerated() {
-            streams[rank] = RankStream(rank: rank, bufferIndices: Array((index * buffersPerRank)..<((index + 1) * buffersPerRank)))
+            let base = index * perRank
+            streams[rank] = RankStreams(
+                rank: rank, trainBuffers: Array(base..<(base + buffersPerStream)),
+                valBuffers: Array((base + buffersPerStream)..<(base + perRank)))
         }
+        let configBytes = Array(text.utf8)
+        let configCopy = try SharedBatchMemory(creating: max(1, configBytes.count), name: "nb-serve-config")
+        configBytes.withUnsafeBytes { configCopy.region(offset: 0, count: $0.count)?.copyMemory(from: $0) }
+        configMemory = configCopy
 
         context = try ZmqContext(ioThreads: 1)
         control = try ZmqSocket(.rep, context: context)
         controlEndpoint = Self.controlEndpoint(config)
         try Self.prepareIPC(controlEndpoint)
+        // libzmq drops a peer that sends more than this before anything reaches the loop; requests up to it
+        // that are still too long are refused with a reply (ControlRequest.maximumByteCount).
+        try control.set(.maximumMessageSize, Int64(1 << 20))
         try control.bind(controlEndpoint)
         if let path = Self.ipcPath(controlEndpoint) { chmod(path, mode_t(config.serve.controlMode)) }
         for rank in ranks {
@@ -142,14 +167,29 @@ public final class Daemon {
         _ = fcntl(releaseFDs[0], F_SETFL, fcntl(releaseFDs[0], F_GETFL) | O_NONBLOCK)
         releasePipe = releaseFDs
         signal(SIGPIPE, SIG_IGN)
-        let handler: @convention(c) (Int32) -> Void = { _ in
-            var byte: UInt8 = 1
+        let handler: @convention(c) (Int32) -> Void = { number in
+            var byte = UInt8(truncatingIfNeeded: number)
             _ = write(signalPipeWrite, &byte, 1)
         }
         signal(SIGTERM, handler)
         signal(SIGINT, handler)
 
-        for _ in 0..<max(1, config.numWorkers) { workers.append(try spawnWorker()) }
+        let spawnArguments = [
+            "--config", options.configPath, "--config-bytes", String(text.utf8.count), "--fingerprint", config.fingerprint,
+            "--memory-bytes", String(memory.byteCount), "--parent", String(getpid()),
+        ]
+        let executable = options.executable
+        let memoryFD = memory.descriptor
+        let configFD = configMemory.descriptor
+        workers = try WorkerPool(
+            count: config.numWorkers,
+            spawn: { try WorkerProcess(executable: executable, arguments: spawnArguments, memory: memoryFD, config: configFD) },
+            log: { Self.log($0) })
+    }
+
+    static func baseDirectory(of path: String) -> String {
+        let directory = (path as NSString).deletingLastPathComponent
+        return directory.isEmpty ? "." : directory
     }
 
     /// The default control endpoint: an ipc socket in the runtime directory (systemd's
@@ -184,77 +224,100 @@ public final class Daemon {
         return FileManager.default.fileExists(atPath: path) ? path : nil
     }
 
-    func spawnWorker() throws -> WorkerProcess {
-        try WorkerProcess(
-            executable: options.executable,
-            arguments: ["--config", options.configPath, "--memory-bytes", String(memory.byteCount), "--parent", String(getpid())],
-            memory: memory.descriptor)
-    }
-
     static func log(_ text: String) {
         let stamp = ISO8601DateFormatter().string(from: Date())
         FileHandle.standardError.write(Data("\(stamp) nb-serve: \(text)\n".utf8))
     }
 
+    /// How long shutdown may take in all: the resume state, the workers, the queued frames.
+    static let shutdownDeadline: Duration = .seconds(10)
+
     // MARK: - Main loop
 
-    /// Serves until `stop` or SIGTERM; then writes the resume state (when `serve.state_dir` is set),
-    /// stops the workers and removes its socket files.
+    /// Serves until `stop` or SIGTERM; then, on every path out of the loop (an error included), writes the
+    /// resume state (when `serve.state_dir` is set), stops the workers and removes its socket files. Throws
+    /// when the loop failed or the resume state could not be written, so the exit status says so.
     public func run() throws {
-        Self.log("serving ranks \(ranks) of \(worldSize): \(ranks.map { "\($0) on \(endpoints[$0]!)" }.joined(separator: ", ")); control on \(controlEndpoint); \(workers.count) workers")
+        Self.log("serving ranks \(ranks) of \(worldSize): \(ranks.map { "\($0) on \(endpoints[$0] ?? "?")" }.joined(separator: ", ")); control on \(controlEndpoint); \(workers.slots.count) workers")
         if let resumeState { Self.log("resume state: epoch \(resumeState.startEpoch), sequence \(resumeState.startSequence)") }
         do { _ = try SystemdNotify().ready() } catch { Self.log("sd_notify: \(error)") }
-        while !stopping {
-            schedule()
-            dispatch()
-            let poller = ZmqPoller()
-            let controlToken = poller.add(control, events: .readable)
-            let signalToken = poller.add(fileDescriptor: signalPipe[0], events: .readable)
-            let releaseToken = poller.add(fileDescriptor: releasePipe[0], events: .readable)
-            var workerTokens: [(ZmqPoller.Token, Int)] = []
-            for (index, worker) in workers.enumerated() {
-                workerTokens.append((poller.add(fileDescriptor: worker.resultDescriptor, events: .readable), index))
-            }
-            var rankTokens: [(ZmqPoller.Token, Int)] = []
-            for rank in ranks where hasSendable(rank) {
-                rankTokens.append((poller.add(sockets[rank]!, events: .writable), rank))
-            }
-            let ready = try poller.poll(timeout: .milliseconds(500))
-            if !ready[signalToken].isEmpty {
-                Self.log("signal received: shutting down")
-                stopping = true
-            }
-            if !ready[releaseToken].isEmpty { drainReleases() }
-            if ready[controlToken].contains(.readable) { try handleControl() }
-            for (token, index) in workerTokens.reversed() where !ready[token].isEmpty {
-                try collect(workerIndex: index)
-            }
-            for (token, rank) in rankTokens where ready[token].contains(.writable) {
-                try send(rank)
-            }
+        var failure: Error?
+        do {
+            while !stopping { try iterate() }
+        } catch {
+            failure = error
+            Self.log("the main loop failed: \(error); shutting down")
         }
-        try shutdown()
+        let stateError = shutdown()
+        if let failure { throw failure }
+        if let stateError { throw DaemonError("stopped, but the resume state could not be written: \(stateError)") }
     }
 
-    /// Hands the next batches of each active stream to workers while the rank has free buffers.
+    /// One turn of the loop: hand out work, wait for anything to happen, react to it.
+    func iterate() throws {
+        schedule()
+        dispatch()
+        let poller = ZmqPoller()
+        let controlToken = poller.add(control, events: .readable)
+        let signalToken = poller.add(fileDescriptor: signalPipe[0], events: .readable)
+        let releaseToken = poller.add(fileDescriptor: releasePipe[0], events: .readable)
+        var workerTokens: [(ZmqPoller.Token, Int)] = []
+        for (index, worker) in workers.running {
+            workerTokens.append((poller.add(fileDescriptor: worker.resultDescriptor, events: .readable), index))
+        }
+        var exitTokens: [ZmqPoller.Token] = []
+        for worker in workers.exiting where worker.pidDescriptor >= 0 {
+            exitTokens.append(poller.add(fileDescriptor: worker.pidDescriptor, events: .readable))
+        }
+        var rankTokens: [(ZmqPoller.Token, Int)] = []
+        for rank in ranks where streams[rank]?.onWire?.next != nil {
+            rankTokens.append((poller.add(sockets[rank]!, events: .writable), rank))
+        }
+        var timeout: Duration = .milliseconds(500)
+        if let due = workers.nextRespawn { timeout = max(.zero, min(timeout, due - .now)) }
+        let ready = try poller.poll(timeout: timeout)
+        if !ready[signalToken].isEmpty { drainSignals() }
+        if !ready[releaseToken].isEmpty { drainReleases() }
+        if ready[controlToken].contains(.readable) { try handleControl() }
+        for (token, index) in workerTokens.reversed() where !ready[token].isEmpty {
+            collect(workerIndex: index)
+        }
+        if exitTokens.contains(where: { !ready[$0].isEmpty }) || !workers.exiting.isEmpty { workers.reapExited() }
+        for error in workers.respawnDue() { Self.log("could not start a replacement worker: \(error)") }
+        for (token, rank) in rankTokens where ready[token].contains(.writable) {
+            try send(rank)
+        }
+    }
+
+    func drainSignals() {
+        var bytes = [UInt8](repeating: 0, count: 64)
+        while true {
+            let count = bytes.withUnsafeMutableBytes { read(signalPipe[0], $0.baseAddress, $0.count) }
+            guard count > 0 else { return }
+            for number in bytes[0..<count] where !stopping {
+                Self.log("\(String(cString: strsignal(Int32(number)))) received: shutting down")
+                stopping = true
+            }
+        }
+    }
+
+    /// Hands the next batches of every stream to workers while the stream has free buffers; the stream on
+    /// the wire goes first.
     func schedule() {
         for rank in ranks {
-            guard let stream = streams[rank], stream.active else { continue }
-            while stream.nextSchedule < stream.plans.count, let buffer = stream.freeBuffers.popLast() {
-                let batch = stream.nextSchedule
-                let plan = stream.plans[batch]
-                stream.assemblies[batch] = RankStream.Assembly(buffer: buffer, remaining: plan.sequences.count)
-                for (slot, sequence) in plan.sequences.enumerated() {
-                    let task = WorkerTask(
-                        id: nextTaskID, bufferOffset: Int64(buffer * layout.byteCount), slot: Int64(slot),
-                        sequence: Int64(sequence), frame: Int64(plan.frameIndex), orientation: Int64(plan.orientations[slot]),
-                        batchSize: Int64(layout.batchSize))
-                    taskOwners[nextTaskID] = TaskOwner(rank: rank, batch: batch, epoch: stream.epoch, stage: stream.stage, buffer: buffer)
-                    stream.inflight[buffer, default: 0] += 1
-                    nextTaskID += 1
-                    taskQueue.append(task)
+            guard let rankStreams = streams[rank] else { continue }
+            for stream in rankStreams.byPriority {
+                while let (batch, plan, buffer) = stream.scheduleNext() {
+                    for (slot, sequence) in plan.sequences.enumerated() {
+                        let task = WorkerTask(
+                            id: nextTaskID, bufferOffset: Int64(buffer * layout.byteCount), slot: Int64(slot),
+                            sequence: Int64(sequence), frame: Int64(plan.frameIndex), orientation: Int64(plan.orientations[slot]),
+                            batchSize: Int64(layout.batchSize))
+                        taskOwners[nextTaskID] = TaskOwner(rank: rank, stage: stream.stage, stream: stream.id, batch: batch, buffer: buffer)
+                        nextTaskID += 1
+                        taskQueue.append(task)
+                    }
                 }
-                stream.nextSchedule += 1
             }
         }
     }
@@ -264,7 +327,7 @@ public final class Daemon {
         var progress = true
         while progress && !taskQueue.isEmpty {
             progress = false
-            for worker in workers where worker.outstanding.count < 2 && !taskQueue.isEmpty {
+            for (_, worker) in workers.running where worker.outstanding.count < 2 && !taskQueue.isEmpty {
                 let next = taskQueue.removeFirst()
                 if worker.send(next) {
                     progress = true
@@ -275,100 +338,95 @@ public final class Daemon {
         }
     }
 
-    func collect(workerIndex index: Int) throws {
-        let worker = workers[index]
+    /// How many workers may die on one task before its batch becomes an `error` message.
+    static let deathsPerTask = 2
+    /// Worker deaths per task id (a requeued task keeps its id).
+    var deaths: [Int64: Int] = [:]
+
+    func collect(workerIndex index: Int) {
+        guard case .running(let worker) = workers.slots[index] else { return }
         guard let results = worker.receive() else {
-            // End of file: the worker died. Its unfinished tasks go back to the front of the queue and
-            // are decoded again, into the same slots: the stream is unchanged.
-            let lost = worker.outstanding
-            worker.close()
-            var status = worker.reap()
-            for _ in 0..<50 where status == nil {
-                usleep(10_000)
-                status = worker.reap()
-            }
-            Self.log("worker \(worker.pid) \(status ?? "closed its pipe"); \(lost.count) unfinished tasks requeued; starting a replacement")
-            restarts += 1
-            workers[index] = try spawnWorker()
+            // End of file: the worker died. Its unfinished tasks go back to the front of the queue and are
+            // decoded again into the same slots (the stream is unchanged) — unless workers keep dying on one:
+            // then its batch goes out as an `error` naming the file, and the stream goes on.
+            let lost = workers.died(index)
+            var requeued = 0, failed = 0
+            defer { Self.log("\(lost.count) unfinished tasks of the dead worker: \(requeued) requeued, \(failed) failed after repeated deaths") }
             for task in lost.reversed() {
-                guard let owner = taskOwners[task.id], let stream = streams[owner.rank] else { continue }
-                if isCurrent(owner, stream) {
-                    taskQueue.insert(task, at: 0)
-                } else {
+                guard let owner = taskOwners[task.id], let stream = streams[owner.rank]?[owner.stage] else { continue }
+                guard stream.owns(id: owner.stream, batch: owner.batch, buffer: owner.buffer) else {
                     taskOwners.removeValue(forKey: task.id)
-                    stream.taskFinished(buffer: owner.buffer)
+                    stream.taskDropped(buffer: owner.buffer)
+                    continue
+                }
+                let count = deaths[task.id, default: 0] + 1
+                deaths[task.id] = count
+                if count < Self.deathsPerTask {
+                    taskQueue.insert(task, at: 0)
+                    requeued += 1
+                } else {
+                    failed += 1
+                    deaths.removeValue(forKey: task.id)
+                    let report = ErrorReport(
+                        file: config.sequencePath(Int(task.sequence)), array: "", chunk: "",
+                        reason: "\(count) workers died decoding frame \(task.frame) of sequence \(task.sequence) from this file")
+                    finish(task.id, report: report)
                 }
             }
             return
         }
         for result in results {
-            guard let owner = taskOwners.removeValue(forKey: result.id), let stream = streams[owner.rank] else { continue }
-            stream.taskFinished(buffer: owner.buffer)
-            guard isCurrent(owner, stream), let assembly = stream.assemblies[owner.batch] else { continue }
+            workers.completed()
+            deaths.removeValue(forKey: result.id)
+            var report: ErrorReport?
             if !result.error.isEmpty {
-                let report = (try? JSONDecoder().decode(ErrorReport.self, from: Data(result.error.utf8)))
+                report = (try? JSONDecoder().decode(ErrorReport.self, from: Data(result.error.utf8)))
                     ?? ErrorReport(file: "", array: "", chunk: "", reason: result.error)
-                assembly.error = assembly.error ?? report
-                let text = "rank \(owner.rank) epoch \(owner.epoch) batch \(owner.batch): \(report.file) \(report.array) \(report.chunk): \(report.reason)"
-                Self.log("decode failed: " + text)
-                errors.append(text)
-                if errors.count > 50 { errors.removeFirst() }
             }
-            assembly.remaining -= 1
+            finish(result.id, report: report)
         }
     }
 
-    /// Whether a task still belongs to its rank's current stream (not to an abandoned epoch).
-    func isCurrent(_ owner: TaskOwner, _ stream: RankStream) -> Bool {
-        stream.active && stream.epoch == owner.epoch && stream.stage == owner.stage && stream.assemblies[owner.batch]?.buffer == owner.buffer
+    /// A task is done (decoded, or failed with `report`): its batch's assembly counts it.
+    func finish(_ id: Int64, report: ErrorReport?) {
+        guard let owner = taskOwners.removeValue(forKey: id), let stream = streams[owner.rank]?[owner.stage] else { return }
+        let current = stream.owns(id: owner.stream, batch: owner.batch, buffer: owner.buffer)
+        stream.taskFinished(id: owner.stream, batch: owner.batch, buffer: owner.buffer, failure: report)
+        if current, let report {
+            let text = "rank \(owner.rank) \(owner.stage.rawValue) epoch \(stream.epoch) batch \(owner.batch): \(report.file) \(report.array) \(report.chunk): \(report.reason)"
+            Self.log("decode failed: " + text)
+            errors.append(text)
+            if errors.count > 50 { errors.removeFirst() }
+        }
     }
 
-    func hasSendable(_ rank: Int) -> Bool {
-        guard let stream = streams[rank], stream.active, !stream.endSent else { return false }
-        if stream.isFinished { return true }
-        return stream.assemblies[stream.nextSend]?.remaining == 0
-    }
-
-    /// Sends the rank's next ready batches, in order, without blocking; then `end` after the last.
+    /// Sends the rank's next ready messages, in order, without blocking.
     func send(_ rank: Int) throws {
-        guard let stream = streams[rank], let socket = sockets[rank] else { return }
-        let stage: WireProtocol.Stage = stream.stage == .train ? .train : .val
-        while stream.active && !stream.endSent {
-            if stream.isFinished {
-                let end = WireProtocol.Message(header: .end(.init(stage: stage, epoch: stream.epoch, batches: stream.plans.count - stream.errorsSent)))
-                guard try socket.send(try WireProtocol.encode(end), dontWait: true) else { return }
-                stream.endSent = true
-                return
-            }
-            guard let assembly = stream.assemblies[stream.nextSend], assembly.remaining == 0 else { return }
-            let plan = stream.plans[stream.nextSend]
+        guard let socket = sockets[rank], let rankStreams = streams[rank] else { return }
+        while let stream = rankStreams.onWire, let outgoing = stream.next {
+            let stage: WireProtocol.Stage = stream.stage == .train ? .train : .val
             let sent: Bool
-            if let report = assembly.error {
+            switch outgoing {
+            case .end(let batches):
+                let end = WireProtocol.EndHeader(stream: stream.id, stage: stage, epoch: stream.epoch, batches: batches)
+                sent = try socket.send(try WireProtocol.encode(.init(header: .end(end))), dontWait: true)
+            case .failure(let batch, let report):
                 let header = WireProtocol.ErrorHeader(
-                    stage: stage, epoch: stream.epoch, batch: plan.batch, file: report.file.isEmpty ? nil : report.file,
+                    stream: stream.id, stage: stage, epoch: stream.epoch, batch: batch, file: report.file.isEmpty ? nil : report.file,
                     array: report.array.isEmpty ? nil : report.array, chunk: report.chunk.isEmpty ? nil : report.chunk, reason: report.reason)
                 sent = try socket.send(try WireProtocol.encode(.init(header: .error(header))), dontWait: true)
-                if sent { stream.errorsSent += 1 }
-            } else {
-                sent = try sendBatch(plan, buffer: assembly.buffer, stage: stage, rank: rank, socket: socket)
+            case .batch(_, let plan, let buffer):
+                sent = try sendBatch(plan, buffer: buffer, stream: stream, stage: stage, rank: rank, socket: socket)
+                if sent { framesSent += plan.sequences.count }
             }
             guard sent else { return }
-            stream.assemblies.removeValue(forKey: stream.nextSend)
-            if (stream.inflight[assembly.buffer] ?? 0) > 0 {
-                // libzmq still reads the tensors from it: free it when the last frame is released.
-                stream.orphaned.insert(assembly.buffer)
-            } else {
-                stream.freeBuffers.append(assembly.buffer)
-            }
-            stream.nextSend += 1
-            framesSent += plan.sequences.count
+            stream.sent(outgoing)
         }
     }
 
     /// Sends a ready batch straight from shared memory: every tensor frame is a zero-copy part whose
     /// release (on libzmq's I/O thread) writes the buffer's index to `releasePipe`.
-    func sendBatch(_ plan: BatchPlan, buffer: Int, stage: WireProtocol.Stage, rank: Int, socket: ZmqSocket) throws -> Bool {
-        guard let stream = streams[rank] else { return false }
+    func sendBatch(_ plan: BatchPlan, buffer: Int, stream: StageStream, stage: WireProtocol.Stage, rank: Int, socket: ZmqSocket) throws -> Bool {
         var specs: [WireProtocol.TensorSpec] = []
         var parts: [ZmqPart] = []
         let base = buffer * layout.byteCount
@@ -377,18 +435,20 @@ public final class Daemon {
         for tensor in layout.tensors {
             let (shape, bytes) = tensor.filled(plan.sequences.count)
             specs.append(.init(name: tensor.key, dataType: tensor.dataType, shape: shape))
-            let region = UnsafeRawBufferPointer(memory.region(offset: base + bytes.lowerBound, count: bytes.count)!)
-            parts.append(.zeroCopy(ZeroCopyBuffer(region) {
+            guard let region = memory.region(offset: base + bytes.lowerBound, count: bytes.count) else {
+                throw DaemonError("batch buffer \(buffer) tensor \(tensor.key) lies outside the shared memory")
+            }
+            parts.append(.zeroCopy(ZeroCopyBuffer(UnsafeRawBufferPointer(region)) {
                 var value = token
                 _ = write(releaseFD, &value, 4)
             }))
         }
         let header = WireProtocol.BatchHeader(
-            stage: stage, epoch: plan.epoch, batch: plan.batch, frameIndex: plan.frameIndex, sequences: plan.sequences,
-            orientations: plan.orientations, rank: rank, worldSize: worldSize, tensors: specs)
+            stream: stream.id, stage: stage, epoch: plan.epoch, batch: plan.batch, frameIndex: plan.frameIndex,
+            sequences: plan.sequences, orientations: plan.orientations, rank: rank, worldSize: worldSize, tensors: specs)
         let message = try WireProtocol.batchParts(header, payloads: parts)
         // Every part's release comes through the pipe, also when the send does not happen.
-        stream.inflight[buffer, default: 0] += parts.count
+        stream.framesQueued(buffer: buffer, count: parts.count)
         let sent = try socket.send(message, dontWait: true)
         if sent { bytesSent += message.reduce(0) { $0 + $1.byteCount } }
         return sent
@@ -402,35 +462,29 @@ public final class Daemon {
             guard count > 0 else { return }
             for value in values[0..<(count / 4)] {
                 let buffer = Int(value)
-                let index = buffer / buffersPerRank
-                guard index < ranks.count, let stream = streams[ranks[index]] else { continue }
-                stream.taskFinished(buffer: buffer)
+                let index = buffer / (2 * buffersPerStream)
+                guard index < ranks.count, let stream = streams[ranks[index]]?.stream(owning: buffer) else { continue }
+                stream.frameReleased(buffer: buffer)
             }
         }
     }
 
-    func shutdown() throws {
+    /// Stops everything within ``shutdownDeadline``; returns why the resume state could not be written, if
+    /// it could not.
+    func shutdown() -> Error? {
+        let deadline = ContinuousClock.now + Self.shutdownDeadline
         do { _ = try SystemdNotify().stopping() } catch { Self.log("sd_notify: \(error)") }
+        var stateError: Error?
         if let directory = config.serve.stateDirectory, let state = currentState() {
             do {
                 let path = try state.write(to: directory)
                 Self.log("wrote resume state to \(path): epoch \(state.startEpoch), sequence \(state.startSequence)")
             } catch {
+                stateError = error
                 Self.log("could not write the resume state: \(error)")
             }
         }
-        for worker in workers { worker.close() }
-        for worker in workers {
-            var status = worker.reap()
-            for _ in 0..<200 where status == nil {
-                usleep(10_000)
-                status = worker.reap()
-            }
-            if status == nil {
-                kill(worker.pid, SIGKILL)
-                _ = waitpid(worker.pid, nil, 0)
-            }
-        }
+        workers.stop(deadline: deadline)
         for socket in sockets.values { socket.close() }
         control.close()
         // Terminating the context releases every frame still queued; only then may the memory go.
@@ -439,5 +493,6 @@ public final class Daemon {
             if let path = Self.ipcPath(endpoint) { unlink(path) }
         }
         Self.log("stopped")
+        return stateError
     }
 }

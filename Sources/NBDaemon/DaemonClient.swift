@@ -34,8 +34,7 @@ public final class DaemonClient {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if (try? request(["cmd": "status"], timeout: 0.5)) != nil { return }
-            var status: Int32 = 0
-            if waitpid(daemon, &status, WNOHANG) == daemon { throw DaemonError("the daemon exited during start-up (status \(status))") }
+            if let exit = ProcessExit.reap(daemon) { throw DaemonError("the daemon \(exit) during start-up") }
         }
         throw DaemonError("the daemon did not answer on \(control) within \(Int(timeout)) s")
     }
@@ -61,19 +60,25 @@ public final class DaemonClient {
             try pull.connect(endpoint)
             pulls[rank] = pull
         }
-        guard let reply = try request(["cmd": "epoch", "rank": rank, "stage": stage, "epoch": epoch]), reply["ok"] as? Bool == true else {
+        guard let reply = try request(["cmd": "epoch", "rank": rank, "stage": stage, "epoch": epoch]), reply["ok"] as? Bool == true,
+              let stream = reply["stream"] as? Int
+        else {
             throw DaemonError("the daemon refused epoch \(epoch) for rank \(rank)")
         }
         var batches = 0
+        var position = 0
         while true {
             guard let frames = try pull.receiveMultipart(timeout: .milliseconds(Int(timeout * 1000))), let first = frames.first else {
                 throw DaemonError("no batch within \(Int(timeout)) s")
             }
             let header = try WireProtocol.decodeHeader(first)
+            // Left over from an earlier stream of this rank: stale.
+            guard header.stream == stream else { continue }
             if case .end = header { return batches }
             if case .batch = header { batches += 1 }
+            position += 1
             let received = Received(header: header, frames: Array(frames.dropFirst()))
-            _ = try request(["cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": batches])
+            _ = try request(["cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": position, "stream": stream])
             if try !body(received) { return batches }
         }
     }
@@ -106,20 +111,16 @@ public final class ChildDaemon {
         pid = child
     }
 
-    /// Asks the daemon to stop and waits for it; returns its exit status.
-    public func stop(client: DaemonClient) -> Int32 {
+    /// Asks the daemon to stop and waits for it (killing it after `timeoutMilliseconds`); returns how it
+    /// ended, so a daemon that crashed is never reported as a clean stop.
+    public func stop(client: DaemonClient, timeoutMilliseconds: Int32 = 10_000) -> ProcessExit {
         _ = try? client.request(["cmd": "stop"], timeout: 5)
-        var status: Int32 = 0
-        for _ in 0..<500 {
-            if waitpid(pid, &status, WNOHANG) == pid {
-                try? FileManager.default.removeItem(atPath: directory)
-                return (status >> 8) & 0xff
-            }
-            usleep(20_000)
+        var exit = ProcessExit.wait(pid, timeoutMilliseconds: timeoutMilliseconds)
+        if exit == nil {
+            kill(pid, SIGKILL)
+            exit = ProcessExit.wait(pid, timeoutMilliseconds: 5000)
         }
-        kill(pid, SIGKILL)
-        _ = waitpid(pid, &status, 0)
         try? FileManager.default.removeItem(atPath: directory)
-        return -1
+        return exit ?? .signaled(SIGKILL)
     }
 }

@@ -18,9 +18,14 @@ public final class SharedBatchMemory {
             close(fd)
             throw SystemError(call: "ftruncate(\(byteCount))", errno: code)
         }
+        do {
+            base = try Self.map(fd, byteCount)
+        } catch {
+            close(fd)
+            throw error
+        }
         descriptor = fd
         self.byteCount = byteCount
-        base = try Self.map(fd, byteCount)
     }
 
     /// Maps memory the daemon passed as descriptor `fd` (the worker side).

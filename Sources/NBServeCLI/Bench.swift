@@ -147,7 +147,10 @@ extension NBServe {
                              received, Double(frames) / seconds, Double(bytes) / 1e6 / seconds, cpu / Double(totalFrames),
                              (firstBatch ?? start).timeIntervalSince(start), peakRSS))
             }
-            if exitStatus != 0 { throw ExitCode.failure }
+            if !exitStatus.isClean {
+                printError("error: the daemon \(exitStatus)")
+                throw ExitCode.failure
+            }
         }
     }
 }

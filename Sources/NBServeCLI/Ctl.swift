@@ -99,7 +99,12 @@ enum StatusReport {
             (reply["pid"] as? Int) ?? 0, number("uptime_s"), number("frames_per_s"), number("bytes_per_s") / 1e6, number("rss_mb"),
             (reply["worker_restarts"] as? Int) ?? 0)]
         for rank in reply["ranks"] as? [[String: Any]] ?? [] {
-            lines.append("rank \(rank["rank"] ?? "?") \(rank["endpoint"] ?? ""): \(rank["stage"] ?? "") epoch \(rank["epoch"] ?? "") — produced \(rank["produced"] ?? 0), sent \(rank["sent"] ?? 0), consumed \(rank["consumed"] ?? 0) of \(rank["batches"] ?? 0); \(rank["ready"] ?? 0) ready")
+            let wire = (rank["on_wire"] as? String).map { "sending \($0)" } ?? "idle"
+            lines.append("rank \(rank["rank"] ?? "?") \(rank["endpoint"] ?? ""): \(wire)")
+            for stage in ["train", "val"] {
+                guard let stream = rank[stage] as? [String: Any], stream["phase"] as? String != "idle" else { continue }
+                lines.append("  \(stage) epoch \(stream["epoch"] ?? "") (stream \(stream["stream"] ?? ""), \(stream["phase"] ?? "")) — produced \(stream["produced"] ?? 0), sent \(stream["sent"] ?? 0), consumed \(stream["consumed"] ?? 0) of \(stream["batches"] ?? 0); \(stream["ready"] ?? 0) ready")
+            }
         }
         for worker in reply["workers"] as? [[String: Any]] ?? [] {
             lines.append("worker \(worker["pid"] ?? ""): \(worker["state"] ?? ""), \(worker["completed"] ?? 0) frames done")

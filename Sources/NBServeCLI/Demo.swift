@@ -33,7 +33,7 @@ extension NBServe {
             let daemon = try ChildDaemon(executable: Run.executablePath(), config: config, workers: workers)
             let client = try DaemonClient(control: daemon.control, endpointTemplate: daemon.endpoint)
             defer { client.close() }
-            var status: Int32 = 0
+            var status = ProcessExit.exited(0)
             do {
                 try client.waitUntilReady(timeout: 60, daemon: daemon.pid)
                 try consumeEpoch(client, loaded)
@@ -43,8 +43,11 @@ extension NBServe {
                 throw ExitCode.failure
             }
             status = daemon.stop(client: client)
-            print("demo: daemon stopped cleanly (exit status \(status))")
-            if status != 0 { throw ExitCode.failure }
+            guard status.isClean else {
+                printError("demo: the daemon \(status)")
+                throw ExitCode.failure
+            }
+            print("demo: daemon stopped cleanly")
         }
 
         private func consumeEpoch(_ client: DaemonClient, _ config: LoaderConfig) throws {

@@ -42,11 +42,8 @@ struct LoaderOptions: ParsableArguments {
             let loaded = try LoaderConfig.load(path: config)
             let selected: Stage
             if let stage {
-                switch stage {
-                case "train": selected = .train
-                case "val", "validation": selected = .val
-                default: throw ValidationError("--stage '\(stage)' is not train, val or validation.")
-                }
+                guard let named = Stage(name: stage) else { throw ValidationError("--stage '\(stage)' is not train, val or validation.") }
+                selected = named
             } else {
                 selected = loaded.stage
             }

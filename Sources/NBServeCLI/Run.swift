@@ -79,13 +79,25 @@ extension NBServe {
         )
 
         @Option var config: String
+        @Option var configBytes: Int
+        @Option var fingerprint: String
         @Option var memoryBytes: Int
         @Option var parent: Int32
 
         func run() throws {
+            // The daemon hands over the config text it read at start-up (fd 4), never the file's current
+            // contents: an edited file must not change how a replacement worker lays out shared memory.
             let loaded: LoaderConfig
-            do { loaded = try LoaderConfig.load(path: config) } catch {
+            do {
+                let text = try WorkerMain.readConfigText(descriptor: 4, byteCount: configBytes)
+                let directory = (config as NSString).deletingLastPathComponent
+                loaded = try LoaderConfig.parse(yaml: text, file: config, baseDirectory: directory.isEmpty ? "." : directory)
+            } catch {
                 printError("error: \(error)")
+                throw ExitCode(2)
+            }
+            guard loaded.fingerprint == fingerprint else {
+                printError("error: worker config fingerprint \(loaded.fingerprint) is not the daemon's \(fingerprint)")
                 throw ExitCode(2)
             }
             let status = WorkerMain.run(config: loaded, memoryBytes: memoryBytes, parent: parent)

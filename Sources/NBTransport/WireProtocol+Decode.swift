@@ -31,15 +31,15 @@ extension WireProtocol {
         switch type {
         case "batch":
             header = .batch(BatchHeader(
-                stage: try fields.stage(), epoch: try fields.int("epoch"), batch: try fields.int("batch"),
+                stream: try fields.int("stream"), stage: try fields.stage(), epoch: try fields.int("epoch"), batch: try fields.int("batch"),
                 frameIndex: try fields.int("frame_index"), sequences: try fields.ints("sequences"),
                 orientations: try fields.ints("orientations"), rank: try fields.int("rank"),
                 worldSize: try fields.int("world_size"), tensors: try fields.tensors()))
         case "end":
-            header = .end(EndHeader(stage: try fields.stage(), epoch: try fields.int("epoch"), batches: try fields.int("batches")))
+            header = .end(EndHeader(stream: try fields.int("stream"), stage: try fields.stage(), epoch: try fields.int("epoch"), batches: try fields.int("batches")))
         case "error":
             header = .error(ErrorHeader(
-                stage: try fields.stage(), epoch: try fields.int("epoch"), batch: try fields.int("batch"),
+                stream: try fields.int("stream"), stage: try fields.stage(), epoch: try fields.int("epoch"), batch: try fields.int("batch"),
                 file: try fields.optionalString("file"), array: try fields.optionalString("array"),
                 chunk: try fields.optionalString("chunk"), reason: try fields.string("reason")))
         default:

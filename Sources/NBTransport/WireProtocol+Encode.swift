@@ -13,6 +13,7 @@ extension WireProtocol.Header {
         json.key("type"); json.string(typeName)
         switch self {
         case .batch(let batch):
+            json.key("stream"); json.int(batch.stream)
             json.key("stage"); json.string(batch.stage.rawValue)
             json.key("epoch"); json.int(batch.epoch)
             json.key("batch"); json.int(batch.batch)
@@ -32,10 +33,12 @@ extension WireProtocol.Header {
             }
             json.endArray()
         case .end(let end):
+            json.key("stream"); json.int(end.stream)
             json.key("stage"); json.string(end.stage.rawValue)
             json.key("epoch"); json.int(end.epoch)
             json.key("batches"); json.int(end.batches)
         case .error(let error):
+            json.key("stream"); json.int(error.stream)
             json.key("stage"); json.string(error.stage.rawValue)
             json.key("epoch"); json.int(error.epoch)
             json.key("batch"); json.int(error.batch)

@@ -4,6 +4,9 @@ extension WireProtocol {
     /// Checks every rule of protocol v1 that the header and its frame lengths must obey; the encoder and the
     /// decoder both run it, so neither side can produce what the other would reject.
     static func validate(_ header: Header, payloadByteCounts: [Int]) throws(WireProtocolError) {
+        guard header.stream >= 1 else {
+            throw .invalidField(type: header.typeName, field: "stream", reason: "\(header.stream) is not at least 1")
+        }
         switch header {
         case .batch(let batch):
             try validate(batch, payloadByteCounts: payloadByteCounts)

@@ -47,6 +47,8 @@ public enum WireProtocol {
 
     /// The header of a `batch` message.
     public struct BatchHeader: Sendable, Equatable {
+        /// The stream (one `epoch` request) this message belongs to; see docs/protocol.md section 6.
+        public var stream: Int
         public var stage: Stage
         public var epoch: Int
         /// The batch's index in this rank's stream of the epoch, from 0.
@@ -63,9 +65,10 @@ public enum WireProtocol {
         public var tensors: [TensorSpec]
 
         public init(
-            stage: Stage, epoch: Int, batch: Int, frameIndex: Int, sequences: [Int], orientations: [Int],
+            stream: Int, stage: Stage, epoch: Int, batch: Int, frameIndex: Int, sequences: [Int], orientations: [Int],
             rank: Int, worldSize: Int, tensors: [TensorSpec]
         ) {
+            self.stream = stream
             self.stage = stage
             self.epoch = epoch
             self.batch = batch
@@ -80,12 +83,14 @@ public enum WireProtocol {
 
     /// The header of an `end` message: the epoch's stream for this rank is complete.
     public struct EndHeader: Sendable, Equatable {
+        public var stream: Int
         public var stage: Stage
         public var epoch: Int
         /// How many `batch` messages this rank's stream of the epoch carried (`error` messages not counted).
         public var batches: Int
 
-        public init(stage: Stage, epoch: Int, batches: Int) {
+        public init(stream: Int, stage: Stage, epoch: Int, batches: Int) {
+            self.stream = stream
             self.stage = stage
             self.epoch = epoch
             self.batches = batches
@@ -94,6 +99,7 @@ public enum WireProtocol {
 
     /// The header of an `error` message: batch `batch` could not be produced, and why.
     public struct ErrorHeader: Sendable, Equatable {
+        public var stream: Int
         public var stage: Stage
         public var epoch: Int
         public var batch: Int
@@ -104,7 +110,8 @@ public enum WireProtocol {
         /// What went wrong, for a human.
         public var reason: String
 
-        public init(stage: Stage, epoch: Int, batch: Int, file: String?, array: String?, chunk: String?, reason: String) {
+        public init(stream: Int, stage: Stage, epoch: Int, batch: Int, file: String?, array: String?, chunk: String?, reason: String) {
+            self.stream = stream
             self.stage = stage
             self.epoch = epoch
             self.batch = batch
@@ -120,6 +127,15 @@ public enum WireProtocol {
         case batch(BatchHeader)
         case end(EndHeader)
         case error(ErrorHeader)
+
+        /// The stream this message belongs to.
+        public var stream: Int {
+            switch self {
+            case .batch(let header): header.stream
+            case .end(let header): header.stream
+            case .error(let header): header.stream
+            }
+        }
 
         /// The `"type"` string of the header.
         public var typeName: String {

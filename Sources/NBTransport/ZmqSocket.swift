@@ -103,6 +103,15 @@ public final class ZmqSocket {
         return value
     }
 
+    /// Sets an `int64_t` option, e.g. `try socket.set(.maximumMessageSize, 65536)`.
+    public func set(_ option: ZmqInt64Option, _ value: Int64) throws(ZmqError) {
+        let handle = try openHandle("zmq_setsockopt(\(option.name))")
+        var value = value
+        try retryingZmqCall("zmq_setsockopt(\(option.name))") {
+            zmq_setsockopt(handle, option.rawValue, &value, MemoryLayout<Int64>.size)
+        }
+    }
+
     /// Sets a boolean option, e.g. `try socket.set(.immediate, true)`.
     public func set(_ option: ZmqBoolOption, _ value: Bool) throws(ZmqError) {
         try set(ZmqIntOption(rawValue: option.rawValue, name: option.name), value ? 1 : 0)

@@ -76,3 +76,19 @@ public struct ZmqBoolOption: Sendable, Hashable {
     /// Allow IPv6 on TCP endpoints (off by default: IPv4 only).
     public static let ipv6 = ZmqBoolOption(rawValue: ZMQ_IPV6, name: "ZMQ_IPV6")
 }
+
+/// An `int64_t`-valued socket option.
+public struct ZmqInt64Option: Sendable, Hashable {
+    public let rawValue: Int32
+    /// The C name, for error messages.
+    public let name: String
+
+    public init(rawValue: Int32, name: String) {
+        self.rawValue = rawValue
+        self.name = name
+    }
+
+    /// The largest message, in bytes, a peer may send; libzmq disconnects a peer that sends a larger one
+    /// before any of it is delivered. -1 (the default) is no limit.
+    public static let maximumMessageSize = ZmqInt64Option(rawValue: ZMQ_MAXMSGSIZE, name: "ZMQ_MAXMSGSIZE")
+}

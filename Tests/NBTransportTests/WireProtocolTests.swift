@@ -40,7 +40,7 @@ final class WireProtocolTests: XCTestCase {
             (Spec(name: "empty", dataType: dtype("|u1"), shape: [0, 4]), [], []),
         ]
         let header = WireProtocol.BatchHeader(
-            stage: .train, epoch: 3, batch: 17, frameIndex: 5, sequences: [812, 45], orientations: [2, 7],
+            stream: 7, stage: .train, epoch: 3, batch: 17, frameIndex: 5, sequences: [812, 45], orientations: [2, 7],
             rank: 1, worldSize: 2, tensors: tensors.map(\.0))
         return (header, tensors.map(\.1), tensors.map(\.2))
     }
@@ -86,10 +86,10 @@ final class WireProtocolTests: XCTestCase {
             parts += payloads.dropFirst().map { .bytes($0) }
             XCTAssertTrue(try push.send(WireProtocol.batchParts(header, payloads: parts)))
             let error = WireProtocol.ErrorHeader(
-                stage: .train, epoch: 3, batch: 18, file: "data/scène \"3\".zip", array: "color", chunk: nil,
+                stream: 7, stage: .train, epoch: 3, batch: 18, file: "data/scène \"3\".zip", array: "color", chunk: nil,
                 reason: "line one\nline two\ttab \\ backslash \u{1}")
             XCTAssertTrue(try push.send([WireProtocol.Header.error(error).encoded()]))
-            XCTAssertTrue(try push.send([WireProtocol.Header.end(.init(stage: .train, epoch: 3, batches: 1)).encoded()]))
+            XCTAssertTrue(try push.send([WireProtocol.Header.end(.init(stream: 7, stage: .train, epoch: 3, batches: 1)).encoded()]))
             _ = try peer.finish()
             XCTAssertEqual(released.wait(for: 1), 1)
         }
@@ -162,9 +162,9 @@ final class WireProtocolTests: XCTestCase {
             next.batch = batch
             XCTAssertTrue(try push.send(WireProtocol.encode(.init(header: .batch(next), payloads: payloads))))
         }
-        let failure = WireProtocol.ErrorHeader(stage: .train, epoch: 3, batch: 2, file: "a.zip", array: "color", chunk: "color/0.0", reason: "bad")
+        let failure = WireProtocol.ErrorHeader(stream: 7, stage: .train, epoch: 3, batch: 2, file: "a.zip", array: "color", chunk: "color/0.0", reason: "bad")
         XCTAssertTrue(try push.send(WireProtocol.encode(.init(header: .error(failure)))))
-        XCTAssertTrue(try push.send(WireProtocol.encode(.init(header: .end(.init(stage: .train, epoch: 3, batches: 2))))))
+        XCTAssertTrue(try push.send(WireProtocol.encode(.init(header: .end(.init(stream: 7, stage: .train, epoch: 3, batches: 2))))))
 
         let tensorLine = zip(header.tensors, payloads).map { spec, bytes in
             let shape = "[" + spec.shape.map(String.init).joined(separator: ", ") + "]"
@@ -185,7 +185,7 @@ final class WireProtocolTests: XCTestCase {
             index = np.array(9, dtype=np.int64)
             tensors = [("color", color), ("crop_offset", offset), ("frame_index", index)]
             header = {"type": "batch", "v": 1, "tensors": [{"shape": list(a.shape), "name": n, "dtype": a.dtype.str} for n, a in tensors],
-                      "stage": "val", "epoch": 0, "batch": 4, "frame_index": 9, "sequences": [3, 1], "orientations": [7, 7],
+                      "stream": 7, "stage": "val", "epoch": 0, "batch": 4, "frame_index": 9, "sequences": [3, 1], "orientations": [7, 7],
                       "rank": 0, "world_size": 1, "future_key": {"x": [1.5]}}
             s = zmq.Context().socket(zmq.PUSH)
             s.connect(sys.argv[1])
@@ -199,7 +199,7 @@ final class WireProtocolTests: XCTestCase {
         let message = try WireProtocol.decode(frames)
         guard case .batch(let batch) = message.header else { return XCTFail("\(message.header)") }
         XCTAssertEqual(batch, WireProtocol.BatchHeader(
-            stage: .val, epoch: 0, batch: 4, frameIndex: 9, sequences: [3, 1], orientations: [7, 7], rank: 0, worldSize: 1,
+            stream: 7, stage: .val, epoch: 0, batch: 4, frameIndex: 9, sequences: [3, 1], orientations: [7, 7], rank: 0, worldSize: 1,
             tensors: [
                 Spec(name: "color", dataType: Self.dtype("<f4"), shape: [2, 3, 2, 2]),
                 Spec(name: "crop_offset", dataType: Self.dtype("<i4"), shape: [2, 2]),
@@ -211,16 +211,16 @@ final class WireProtocolTests: XCTestCase {
     /// The examples printed in docs/protocol.md are exactly what the encoder writes.
     func testDocumentedExamplesAreTheEncodersOutput() throws {
         let batch = WireProtocol.BatchHeader(
-            stage: .train, epoch: 3, batch: 17, frameIndex: 5, sequences: [812, 45], orientations: [2, 7], rank: 0, worldSize: 2,
+            stream: 1796186412000001, stage: .train, epoch: 3, batch: 17, frameIndex: 5, sequences: [812, 45], orientations: [2, 7], rank: 0, worldSize: 2,
             tensors: [
                 Spec(name: "color", dataType: Self.dtype("<f4"), shape: [2, 3, 256, 256, 8]),
                 Spec(name: "crop_offset", dataType: Self.dtype("<i4"), shape: [2, 2]),
                 Spec(name: "prev_camera.crop_offset", dataType: Self.dtype("<i4"), shape: [2, 2]),
                 Spec(name: "frame_index", dataType: Self.dtype("<i8"), shape: []),
             ])
-        let end = WireProtocol.EndHeader(stage: .train, epoch: 3, batches: 40)
+        let end = WireProtocol.EndHeader(stream: 1796186412000001, stage: .train, epoch: 3, batches: 40)
         let error = WireProtocol.ErrorHeader(
-            stage: .train, epoch: 3, batch: 18, file: "data/scene0003.zip", array: "color", chunk: "color/12.0.0.0.0",
+            stream: 1796186412000001, stage: .train, epoch: 3, batch: 18, file: "data/scene0003.zip", array: "color", chunk: "color/12.0.0.0.0",
             reason: "blosc header is invalid or claims more data than the 811 stored bytes")
         let encoded = [
             try WireProtocol.Header.batch(batch).encoded(payloadByteCounts: [12_582_912, 16, 16, 8]),
@@ -241,7 +241,7 @@ final class WireProtocolTests: XCTestCase {
         let message = WireProtocol.Message(header: .batch(header), payloads: payloads)
         XCTAssertEqual(try WireProtocol.decode(try WireProtocol.encode(message)), message)
         let error = WireProtocol.Message(header: .error(.init(
-            stage: .val, epoch: 0, batch: 0, file: nil, array: nil, chunk: nil, reason: "\"quoted\" \u{7f} ünï")))
+            stream: 7, stage: .val, epoch: 0, batch: 0, file: nil, array: nil, chunk: nil, reason: "\"quoted\" \u{7f} ünï")))
         XCTAssertEqual(try WireProtocol.decode(try WireProtocol.encode(error)), error)
     }
 
@@ -285,7 +285,7 @@ final class WireProtocolTests: XCTestCase {
         let frames = try WireProtocol.encode(.init(header: .batch(header), payloads: payloads))
         assertRefused(Array(frames.dropLast()), .frameCountMismatch(type: "batch", expected: 8, found: 7))
         assertRefused(frames + [[]], .frameCountMismatch(type: "batch", expected: 8, found: 9))
-        let end = try WireProtocol.Header.end(.init(stage: .val, epoch: 1, batches: 2)).encoded()
+        let end = try WireProtocol.Header.end(.init(stream: 7, stage: .val, epoch: 1, batches: 2)).encoded()
         assertRefused([end, [1]], .frameCountMismatch(type: "end", expected: 1, found: 2))
         assertRefused([], .emptyMessage)
         XCTAssertEqual(
@@ -299,17 +299,22 @@ final class WireProtocolTests: XCTestCase {
         assertRefused([header("[1, 2]")], .malformedHeader(reason: "JSON [1, 2] is not an object"))
         assertRefused([header(#"{"v":1,"type":"hello"}"#)], .unknownMessageType(#""hello""#))
         assertRefused([header(#"{"v":1}"#)], .missingField(type: "header", field: "type"))
-        assertRefused([header(#"{"v":1,"type":"end","stage":"train","epoch":0}"#)], .missingField(type: "end", field: "batches"))
-        assertRefused([header(#"{"v":1,"type":"end","stage":"test","epoch":0,"batches":1}"#)],
+        assertRefused([header(#"{"v":1,"type":"end","stream":7,"stage":"train","epoch":0}"#)], .missingField(type: "end", field: "batches"))
+        assertRefused([header(#"{"v":1,"type":"end","stage":"train","epoch":0,"batches":1}"#)], .missingField(type: "end", field: "stream"))
+        assertRefused([header(#"{"v":1,"type":"end","stream":0,"stage":"train","epoch":0,"batches":1}"#)],
+                      .invalidField(type: "end", field: "stream", reason: "0 is not at least 1"))
+        assertRefused([header(#"{"v":1,"type":"end","stream":false,"stage":"train","epoch":0,"batches":1}"#)],
+                      .invalidField(type: "end", field: "stream", reason: "false is not an integer"))
+        assertRefused([header(#"{"v":1,"type":"end","stream":7,"stage":"test","epoch":0,"batches":1}"#)],
                       .invalidField(type: "end", field: "stage", reason: "'test' is neither 'train' nor 'val'"))
-        assertRefused([header(#"{"v":1,"type":"end","stage":"val","epoch":-1,"batches":1}"#)],
+        assertRefused([header(#"{"v":1,"type":"end","stream":7,"stage":"val","epoch":-1,"batches":1}"#)],
                       .invalidField(type: "end", field: "epoch", reason: "-1 is negative"))
-        assertRefused([header(#"{"v":1,"type":"end","stage":"val","epoch":true,"batches":1}"#)],
+        assertRefused([header(#"{"v":1,"type":"end","stream":7,"stage":"val","epoch":true,"batches":1}"#)],
                       .invalidField(type: "end", field: "epoch", reason: "true is not an integer"))
-        assertRefused([header(#"{"v":1,"type":"error","stage":"val","epoch":0,"batch":0,"file":1,"array":null,"chunk":null,"reason":"x"}"#)],
+        assertRefused([header(#"{"v":1,"type":"error","stream":7,"stage":"val","epoch":0,"batch":0,"file":1,"array":null,"chunk":null,"reason":"x"}"#)],
                       .invalidField(type: "error", field: "file", reason: "1 is neither a string nor null"))
 
-        let batch = #"{"v":1,"type":"batch","stage":"train","epoch":0,"batch":0,"frame_index":0,"rank":0,"world_size":1,"sequences":[0],"orientations":[7],"tensors":[TENSOR]}"#
+        let batch = #"{"v":1,"type":"batch","stream":7,"stage":"train","epoch":0,"batch":0,"frame_index":0,"rank":0,"world_size":1,"sequences":[0],"orientations":[7],"tensors":[TENSOR]}"#
         func tensor(_ json: String) -> [UInt8] { header(batch.replacingOccurrences(of: "TENSOR", with: json)) }
         assertRefused([tensor(#"{"name":"c","dtype":">f4","shape":[1]}"#), [0, 0, 0, 0]],
                       .invalidField(type: "batch", field: "tensors[0].dtype",

@@ -55,6 +55,7 @@ class Daemon(daemon_support.DaemonProcess):
         super().__init__(*args, **kwargs)
         self.context = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
+        self.stale = 0  # messages of abandoned streams dropped by `epoch`
 
     def pull(self, rank: int) -> zmq.Socket:
         if rank not in self.sockets:
@@ -71,7 +72,9 @@ class Daemon(daemon_support.DaemonProcess):
     def epoch(self, rank: int, epoch: int, stage: str = "train", *, state: dict | None = None,
               stop_after: int | None = None, on_batch=None, continuing: bool = False,
               already: int = 0) -> tuple[list, dict | None]:
-        """Asks for an epoch and receives it: ([(header, arrays)] incl. error headers, end header)."""
+        """Asks for an epoch and receives it: ([(header, arrays)] incl. error headers, end header). Messages of
+        other streams (stale ones) are dropped, as docs/protocol.md section 6 says a reader must; each kept
+        header's `stream` is checked against the reply and then removed, so tests compare the rest."""
         socket = self.pull(rank)
         request = {"cmd": "epoch", "rank": rank, "stage": stage, "epoch": epoch}
         if state is not None:
@@ -87,6 +90,9 @@ class Daemon(daemon_support.DaemonProcess):
             frames = socket.recv_multipart(copy=False)
             header = json.loads(bytes(frames[0].buffer))
             assert header["v"] == 1
+            if header.pop("stream") != reply["stream"]:
+                self.stale += 1
+                continue
             if header["type"] == "end":
                 return received, header
             arrays = {}
@@ -94,7 +100,8 @@ class Daemon(daemon_support.DaemonProcess):
                 for spec, frame in zip(header["tensors"], frames[1:], strict=True):
                     arrays[spec["name"]] = np.frombuffer(frame.buffer, dtype=spec["dtype"]).reshape(spec["shape"])
             received.append((header, arrays))
-            self.request({"cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": already + len(received)})
+            self.request({"cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": already + len(received),
+                          "stream": reply["stream"]})
             if on_batch:
                 on_batch(len(received))
         return received, None
@@ -405,8 +412,9 @@ def test_ctl_status_and_checkpoint(binary, dataset, daemons, tmp_path):
     daemon.epoch(0, 0, stop_after=3)
     status = json.loads(support.run_ok(binary, "ctl", "--config", str(config), "status", "--json").stdout)
     rank = status["ranks"][0]
-    assert (rank["epoch"], rank["consumed"], rank["stage"]) == (0, 3, "train")
-    assert rank["sent"] >= 3 and rank["produced"] >= rank["sent"]
+    assert rank["train"]["phase"] in ("streaming", "ending", "ended") and rank["on_wire"] in ("train", None)
+    assert (rank["train"]["epoch"], rank["train"]["consumed"], rank["val"]["phase"]) == (0, 3, "idle")
+    assert rank["train"]["sent"] >= 3 and rank["train"]["produced"] >= rank["train"]["sent"]
     assert len(status["workers"]) == 2 and status["rss_mb"] > 0 and status["frames_per_s"] > 0
     text = support.run_ok(binary, "ctl", "--control", daemon.control, "status").stdout
     assert "rank 0" in text and "consumed 3" in text

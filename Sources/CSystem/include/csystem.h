@@ -13,4 +13,7 @@ int nb_memfd_create(const char *name);
 // prctl(PR_SET_PDEATHSIG, signal): the kernel sends `signal` to this process when its parent dies.
 int nb_set_parent_death_signal(int signal);
 
+// pidfd_open(2): a descriptor that polls readable once process `pid` has exited (close-on-exec).
+int nb_pidfd_open(int pid);
+
 #endif

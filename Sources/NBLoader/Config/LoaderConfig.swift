@@ -7,8 +7,20 @@ public enum BufferName: String, CaseIterable, Sendable, Codable {
 }
 
 /// A loader stage. `validation` is accepted as a spelling of `val`.
-public enum Stage: String, Sendable, Codable {
+public enum Stage: String, Sendable, Codable, CaseIterable {
     case train, val
+
+    /// A stage as configs, commands and requests name it: `train`, `val` or noisebase's `validation`.
+    public init?(name: String) {
+        switch name {
+        case "train": self = .train
+        case "val", "validation": self = .val
+        default: return nil
+        }
+    }
+
+    /// The other stage.
+    public var other: Stage { self == .train ? .val : .train }
 }
 
 /// `src:` of a noisebase dataset config: where the sequences are and how they were rendered.
@@ -145,11 +157,10 @@ public struct LoaderConfig: Sendable {
 
     static func readStage(_ node: Node, key: String, _ reader: YAMLFields) throws(ConfigError) -> Stage {
         let text = try reader.string(node, key: key)
-        switch text {
-        case "train": return .train
-        case "val", "validation": return .val
-        default: throw ConfigError(file: reader.file, key: key, reason: "'\(text)' is not train, val or validation")
+        guard let stage = Stage(name: text) else {
+            throw ConfigError(file: reader.file, key: key, reason: "'\(text)' is not train, val or validation")
         }
+        return stage
     }
 
     private static func readSource(_ node: Node, _ reader: YAMLFields) throws(ConfigError) -> SourceConfig {

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Any JSON value, as found in `.zarray` fields whose shape depends on the codec or dtype.
 public enum JSONValue: Codable, Sendable, Equatable, CustomStringConvertible {
     case null
@@ -103,5 +105,49 @@ private extension String {
     init(format value: UInt32) {
         let hex = String(value, radix: 16)
         self = "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+    }
+}
+
+extension JSONValue {
+    /// Parses JSON text keeping what `Codable` decoding loses: whether a number was written as an integer.
+    /// `1.0` and `1e2` become `.double`, never `.int`, so strict readers can refuse them where integers belong;
+    /// integers beyond 64 bits become `.double` too. Throws `JSONValue.ParseError` on anything that is not JSON.
+    public static func parse(_ bytes: [UInt8]) throws -> JSONValue {
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed])
+        } catch {
+            throw ParseError()
+        }
+        return try JSONValue(serialized: object)
+    }
+
+    /// Not valid JSON (deliberately without Foundation's wording, which names internals).
+    public struct ParseError: Error {}
+
+    private init(serialized object: Any) throws {
+        switch object {
+        case is NSNull:
+            self = .null
+        case let number as NSNumber:
+            // Foundation keeps how the number was written in its type encoding: "c" a bool, "d"/"f" a number
+            // with a fraction or exponent (or one too large for 64 bits), anything else an integer.
+            switch String(cString: number.objCType) {
+            case "c", "B": self = .bool(number.boolValue)
+            case "d", "f": self = .double(number.doubleValue)
+            case "Q", "L", "I", "S", "C": self = .uint(number.uint64Value)
+            default: self = .int(number.int64Value)
+            }
+        case let text as String:
+            self = .string(text)
+        case let array as [Any]:
+            self = .array(try array.map { try JSONValue(serialized: $0) })
+        case let dictionary as [String: Any]:
+            var members: [String: JSONValue] = [:]
+            for (key, value) in dictionary { members[key] = try JSONValue(serialized: value) }
+            self = .object(members)
+        default:
+            throw ParseError()
+        }
     }
 }

@@ -7,6 +7,12 @@ import NBStorage
 /// memory on fd 3 and answers on stdout. It exits when stdin closes, and dies with the daemon
 /// (`PR_SET_PDEATHSIG`), so no worker outlives it.
 public enum WorkerMain {
+    /// The config text the daemon passed as descriptor `descriptor` (`byteCount` bytes of a memfd).
+    public static func readConfigText(descriptor: Int32, byteCount: Int) throws(SystemError) -> String {
+        let mapped = try SharedBatchMemory(mapping: descriptor, byteCount: max(1, byteCount))
+        return String(decoding: UnsafeRawBufferPointer(start: mapped.base, count: byteCount), as: UTF8.self)
+    }
+
     public static func run(config: LoaderConfig, memoryBytes: Int, parent: pid_t) -> Int32 {
         _ = nb_set_parent_death_signal(SIGKILL)
         // The daemon may have died between spawning us and the prctl above.

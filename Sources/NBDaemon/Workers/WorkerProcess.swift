@@ -6,21 +6,24 @@ import Glibc
 /// A dead worker is replaced by spawning another, at any time.
 ///
 /// The child's stdin (fd 0) receives `WorkerTask` records, its stdout (fd 1) returns `WorkerResult`s,
-/// fd 3 is the shared batch memory; stderr is the daemon's (its log).
+/// fd 3 is the shared batch memory, fd 4 the daemon's config text; stderr is the daemon's (its log).
 public final class WorkerProcess {
     public let pid: pid_t
     /// Daemon's end of the task pipe (non-blocking).
     public let taskDescriptor: Int32
     /// Daemon's end of the result pipe (non-blocking).
     public let resultDescriptor: Int32
+    /// A pidfd: polls readable once the process has ended (-1 where the kernel has none).
+    public let pidDescriptor: Int32
     /// Tasks sent and not yet answered, oldest first.
     public var outstanding: [WorkerTask] = []
     public var completed = 0
     private var pendingResult: [UInt8] = []
     private var closed = false
 
-    /// Starts `executable worker ARGUMENTS…` with the shared memory `memory` as fd 3.
-    public init(executable: String, arguments: [String], memory: Int32) throws(SystemError) {
+    /// Starts `executable worker ARGUMENTS…` with the shared memory `memory` as fd 3 and the config text
+    /// `config` as fd 4.
+    public init(executable: String, arguments: [String], memory: Int32, config: Int32) throws(SystemError) {
         var taskPipe: [Int32] = [0, 0]
         var resultPipe: [Int32] = [0, 0]
         guard nb_pipe_cloexec(&taskPipe, 0) == 0 else { throw SystemError(call: "pipe2", errno: errno) }
@@ -32,10 +35,11 @@ public final class WorkerProcess {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        // dup2 clears close-on-exec on the target, so exactly fds 0, 1, 2 and 3 reach the worker.
+        // dup2 clears close-on-exec on the target, so exactly fds 0 to 4 reach the worker.
         posix_spawn_file_actions_adddup2(&actions, taskPipe[0], 0)
         posix_spawn_file_actions_adddup2(&actions, resultPipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, memory, 3)
+        posix_spawn_file_actions_adddup2(&actions, config, 4)
 
         let argv = [executable, "worker"] + arguments
         var cArguments: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
@@ -49,6 +53,7 @@ public final class WorkerProcess {
             throw SystemError(call: "posix_spawn(\(executable))", errno: result)
         }
         pid = child
+        pidDescriptor = nb_pidfd_open(child)
         taskDescriptor = taskPipe[1]
         resultDescriptor = resultPipe[0]
         _ = fcntl(taskDescriptor, F_SETFL, fcntl(taskDescriptor, F_GETFL) | O_NONBLOCK)
@@ -101,14 +106,13 @@ public final class WorkerProcess {
         Glibc.close(resultDescriptor)
     }
 
-    /// Reaps the process if it has exited; returns its status text, or nil while it runs.
-    public func reap() -> String? {
-        var status: Int32 = 0
-        let result = waitpid(pid, &status, WNOHANG)
-        guard result == pid else { return nil }
-        if status & 0x7f == 0 { return "exited with status \((status >> 8) & 0xff)" }
-        return "killed by signal \(status & 0x7f)"
+    /// Reaps the process if it has ended; nil while it runs.
+    public func reap() -> ProcessExit? {
+        ProcessExit.reap(pid)
     }
 
-    deinit { close() }
+    deinit {
+        close()
+        if pidDescriptor >= 0 { Glibc.close(pidDescriptor) }
+    }
 }
