@@ -10,7 +10,7 @@ Only numpy and pyzmq are needed here; ``nbserve.torch`` needs PyTorch and ``nbse
 
 from ._config import ConfigMismatch
 from ._protocol import BatchError, ProtocolError
-from ._transport import ControlClient, DaemonError, DaemonUnavailable, Superseded, default_control
+from ._transport import ControlClient, DaemonError, DaemonUnavailable, default_control
 from .loader import Loader
 from .projective import backproject_pixel_centers_np
 from .sampler import SamplerState
@@ -18,5 +18,4 @@ from .sampler import SamplerState
 __version__ = "0.2.0"
 
 __all__ = ["Loader", "BatchError", "ProtocolError", "DaemonError", "DaemonUnavailable", "ConfigMismatch",
-           "Superseded", "SamplerState", "ControlClient", "backproject_pixel_centers_np", "default_control",
-           "__version__"]
+           "SamplerState", "ControlClient", "backproject_pixel_centers_np", "default_control", "__version__"]

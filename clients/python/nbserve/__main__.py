@@ -32,11 +32,16 @@ def status_text(reply: dict[str, Any]) -> str:
         f"control {reply.get('control', '')}",
     ]
     for rank in reply.get("ranks", []):
-        state = "streaming" if rank.get("active") else "idle"
-        lines.append(
-            f"rank {rank.get('rank')} on {rank.get('endpoint')}: {state}, {rank.get('stage')} epoch {rank.get('epoch')}: "
-            f"produced {rank.get('produced')}, sent {rank.get('sent')}, consumed {rank.get('consumed')} of "
-            f"{rank.get('batches')} batches; {rank.get('ready')} ready, {rank.get('errors')} errors")
+        lines.append(f"rank {rank.get('rank')} on {rank.get('endpoint')}: on the wire: {rank.get('on_wire') or 'nothing'}")
+        for stage in ("train", "val"):
+            stream = rank.get(stage) or {}
+            if stream.get("phase", "idle") == "idle":
+                lines.append(f"  {stage}: idle")
+                continue
+            lines.append(
+                f"  {stage} epoch {stream.get('epoch')} (stream {stream.get('stream')}, {stream.get('phase')}): produced "
+                f"{stream.get('produced')}, sent {stream.get('sent')}, consumed {stream.get('consumed')} of "
+                f"{stream.get('batches')} batches; {stream.get('ready')} ready, {stream.get('errors')} errors")
     for worker in reply.get("workers", []):
         lines.append(f"worker {worker.get('pid')}: {worker.get('state')}, {worker.get('outstanding')} outstanding, "
                      f"{worker.get('completed')} frames done, RSS {worker.get('rss_mb', 0):.0f} MiB")

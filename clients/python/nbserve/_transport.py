@@ -1,6 +1,10 @@
 """The daemon's two sockets as a trainer sees them: the control socket (REQ, JSON request/reply, every wait
 bounded) and the rank's data socket (one PULL per rank endpoint and process, shared by every loader of that
-rank, kept across epochs)."""
+rank, kept across epochs and across daemon restarts).
+
+Both sockets are watched with a ZeroMQ socket monitor: the daemon's end of a connection closing (the daemon
+stopped, crashed or is restarting) is seen at once, so nothing waits for a reply or a batch that cannot
+come."""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ._protocol import ProtocolError, decode_header
 
@@ -22,6 +28,47 @@ class DaemonError(RuntimeError):
 
 class DaemonUnavailable(ConnectionError):
     """Nothing answers at the control endpoint: no daemon is running there (the message says how to start one)."""
+
+
+class DaemonLost(ConnectionError):
+    """The daemon's end of a connection closed: it stopped or crashed (and may be restarting)."""
+
+
+class StreamLost(RuntimeError):
+    """A stream can no longer be read: the daemon that served it went away, or this stage was asked for again
+    (a newer iteration of the same stage replaced it)."""
+
+
+# Heartbeats on every connection (ZMTP 3.1): a daemon whose host vanished without closing the connection is
+# seen as gone after HEARTBEAT_TIMEOUT_MS, like one whose process ended.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 5000
+
+
+class _Watch:
+    """A socket's monitor: whether the daemon's end of a connection has closed since the last look."""
+
+    def __init__(self, socket: zmq.Socket) -> None:
+        self.monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    def disconnected(self) -> bool:
+        """Consumes the pending events; True when one was a disconnection."""
+        seen = False
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            seen = seen or event["event"] == zmq.EVENT_DISCONNECTED
+        return seen
+
+    def close(self, socket: zmq.Socket) -> None:
+        socket.disable_monitor()
+        self.monitor.close(linger=0)
+
+
+def _configure(socket: zmq.Socket) -> None:
+    """Options every socket to the daemon gets."""
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
 
 
 # How long a connection to the control socket may take before nothing is taken to be listening. libzmq
@@ -73,27 +120,29 @@ class ControlClient:
     """Request/reply with the daemon's control socket.
 
     A request fails within ``connect_timeout`` seconds with DaemonUnavailable when nothing listens at the
-    endpoint (for ipc, at once when the socket file does not exist); a reply that does not come within
-    ``timeout`` seconds raises TimeoutError. Either way the socket is replaced, so the next request starts
-    clean."""
+    endpoint (for ipc, at once when the socket file does not exist); with DaemonLost when the daemon's end
+    closes before it replied; with TimeoutError when a connected daemon does not reply within ``timeout``
+    seconds. Each time the socket is replaced, so the next request starts clean."""
 
     def __init__(self, endpoint: str, timeout: float, connect_timeout: float = CONNECT_S) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._socket: zmq.Socket | None = None
+        self._watch: _Watch | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def _connect(self) -> zmq.Socket:
-        if self._socket is None or self._pid != os.getpid():
+    def _connect(self) -> tuple[zmq.Socket, _Watch]:
+        if self._socket is None or self._watch is None or self._pid != os.getpid():
             socket = context().socket(zmq.REQ)
-            socket.setsockopt(zmq.LINGER, 0)
+            _configure(socket)
             # Queue requests only to completed connections: POLLOUT then says that a daemon is there.
             socket.setsockopt(zmq.IMMEDIATE, 1)
+            watch = _Watch(socket)
             socket.connect(self.endpoint)
-            self._socket, self._pid = socket, os.getpid()
-        return self._socket
+            self._socket, self._watch, self._pid = socket, watch, os.getpid()
+        return self._socket, self._watch
 
     def request(self, body: dict[str, Any], *, check: bool = True, connect_timeout: float | None = None,
                 await_start: bool = False) -> dict[str, Any]:
@@ -107,22 +156,32 @@ class ControlClient:
                 self._discard()
                 raise DaemonUnavailable(f"nb-serve is not running: there is no socket file {path} for the control "
                                         f"endpoint {self.endpoint}; {how_to_start(self.endpoint)}")
-            socket = self._connect()
+            socket, watch = self._connect()
             connect_s = self.connect_timeout if connect_timeout is None else connect_timeout
             if not socket.poll(max(1, int(connect_s * 1000)), zmq.POLLOUT):
                 self._discard()
                 raise DaemonUnavailable(f"nb-serve is not running: nothing answers at {self.endpoint} (no connection "
                                         f"within {connect_s:g} s); {how_to_start(self.endpoint)}")
-            try:
-                socket.send_json(body, zmq.NOBLOCK)
-                if not socket.poll(max(1, int(self.timeout * 1000)), zmq.POLLIN):
-                    raise TimeoutError
-                reply = socket.recv_json()
-            except (TimeoutError, zmq.Again):
-                self._discard()
-                raise TimeoutError(
-                    f"nb-serve did not answer {body.get('cmd')!r} on {self.endpoint} within {self.timeout:g} s "
-                    f"(it is connected but busy or stopped: `nb-serve ctl --control {self.endpoint} status`)") from None
+            watch.disconnected()  # a connection that closed before this request does not concern it
+            socket.send_json(body)
+            poller = zmq.Poller()
+            poller.register(socket, zmq.POLLIN)
+            poller.register(watch.monitor, zmq.POLLIN)
+            deadline = time.monotonic() + self.timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
+                if socket in ready:
+                    reply = socket.recv_json()
+                    break
+                if watch.monitor in ready and watch.disconnected():
+                    self._discard()
+                    raise DaemonLost(f"nb-serve at {self.endpoint} went away before it answered {body.get('cmd')!r}")
+                if remaining <= 0 or not ready:
+                    self._discard()
+                    raise TimeoutError(
+                        f"nb-serve did not answer {body.get('cmd')!r} on {self.endpoint} within {self.timeout:g} s "
+                        f"(it is connected but busy or stopped: `nb-serve ctl --control {self.endpoint} status`)")
         if not isinstance(reply, dict):
             raise ProtocolError(f"control reply is not a JSON object: {reply!r}")
         if check and not reply.get("ok"):
@@ -130,10 +189,11 @@ class ControlClient:
         return reply
 
     def _discard(self) -> None:
-        if self._socket is not None:
-            if self._pid == os.getpid():
-                self._socket.close(linger=0)
-            self._socket = None
+        if self._socket is not None and self._pid == os.getpid():
+            if self._watch is not None:
+                self._watch.close(self._socket)
+            self._socket.close(linger=0)
+        self._socket = self._watch = None
 
     def close(self) -> None:
         with self._lock:
@@ -153,68 +213,59 @@ def data_endpoint(endpoint: str, control: str) -> str:
     return f"tcp://{host}:{match.group(2)}"
 
 
+
+
 @dataclass(eq=False)
 class Stream:
-    """One epoch stream the trainer asked for: (stage, epoch) and how far it has been read."""
+    """One stream the trainer asked for (docs/protocol.md section 6): a stage's epoch from a position, named
+    by the id of the daemon's `epoch` reply."""
     stage: str
     epoch: int
-    batches: int                 # batches the daemon planned (the `epoch` reply's count)
-    reply: dict = field(default_factory=dict)
-    started: bool = False        # its first message has arrived
+    id: int
+    batches: int                 # batches the daemon planned from the stream's start
+    reply: dict[str, Any] = field(default_factory=dict)
     finished: bool = False       # its `end` has arrived
     next_batch: int = 0          # the index of the next batch/error message expected
-
-    @property
-    def key(self) -> tuple:
-        return (self.stage, self.epoch)
-
-
-class Superseded(RuntimeError):
-    """An epoch iterator was resumed after another epoch of the same rank had been requested."""
 
 
 class Channel:
     """The PULL socket of one rank endpoint in this process, shared by every loader of that rank.
 
     ZeroMQ's PUSH deals messages round-robin among connected PULL sockets, so a second socket on the same
-    endpoint (say a train and a val loader) would silently take every other batch: loaders share this
-    one. The daemon streams one epoch per rank at a time; asking for a new epoch abandons the old stream,
-    whose already-queued messages still arrive first (one connection keeps order). Those are told apart by
-    (stage, epoch); when the abandoned stream had the same (stage, epoch) as the new one, a fence is put
-    between them first: a validation epoch of another number is requested and its first message awaited,
-    after which nothing of the old stream can come.
+    endpoint (say a train and a val loader) would silently take every other batch: loaders share this one.
+    The daemon keeps one stream per stage for the rank and puts one stage at a time on the wire (the one most
+    recently asked for, until its `end`). The channel keeps, per stage, the stream last asked for: a message
+    of it is delivered, or kept aside in order while the other stage is being read; a message of any other
+    stream id (an abandoned stream, a daemon since restarted) is dropped.
     """
 
-    _registry: dict[tuple, "Channel"] = {}
+    _registry: dict[tuple[int, str], Channel] = {}
     _registry_lock = threading.Lock()
 
-    def __init__(self, endpoint: str, receive_queue: int):
+    def __init__(self, endpoint: str, receive_queue: int) -> None:
         self.endpoint = endpoint
         self.socket = context().socket(zmq.PULL)
+        _configure(self.socket)
         self.socket.setsockopt(zmq.RCVHWM, receive_queue)
-        self.socket.setsockopt(zmq.LINGER, 0)
+        self._watch = _Watch(self.socket)
         self.socket.connect(endpoint)
         self.lock = threading.RLock()
-        self.current: Stream | None = None
-        self.stale: set[tuple] = set()   # (stage, epoch) of abandoned streams whose messages may still come
+        self.current: dict[str, Stream | None] = {"train": None, "val": None}
+        self.kept: dict[str, deque[tuple[dict[str, Any], list[zmq.Frame]]]] = {"train": deque(), "val": deque()}
         self.users = 0
 
     @classmethod
-    def acquire(cls, endpoint: str, active: tuple | None = None, receive_queue: int = 4) -> "Channel":
-        """The process's channel for `endpoint`. `active` is the (stage, epoch) the daemon reported streaming
-        on this rank before the socket connected: a new connection may still get the rest of that stream
-        (say, after a trainer process died mid-epoch)."""
+    def acquire(cls, endpoint: str, receive_queue: int = 4) -> Channel:
+        """The process's channel for `endpoint`."""
         key = (os.getpid(), endpoint)
         with cls._registry_lock:
             channel = cls._registry.get(key)
             if channel is None:
                 channel = cls._registry[key] = Channel(endpoint, receive_queue)
-                if active is not None:
-                    channel.stale.add(tuple(active))
             channel.users += 1
             return channel
 
-    def release(self):
+    def release(self) -> None:
         key = (os.getpid(), self.endpoint)
         with self._registry_lock:
             if self._registry.get(key) is not self:
@@ -222,66 +273,95 @@ class Channel:
             self.users -= 1
             if self.users <= 0:
                 del self._registry[key]
+                self._watch.close(self.socket)
                 self.socket.close(linger=0)
 
     # -- streams
 
-    def begin(self, control: ControlClient, request: dict, timeout: float) -> Stream:
-        """Asks the daemon for an epoch (abandoning this rank's current stream) and returns its stream."""
+    def begin(self, control: ControlClient, request: dict[str, Any]) -> Stream:
+        """Asks the daemon for an epoch of a stage (replacing this stage's stream) and returns the new stream."""
         with self.lock:
-            if self.current is not None and not self.current.finished:
-                self.stale.add(self.current.key)
-            self.current = None
-            key = (request["stage"], request["epoch"])
-            if key in self.stale:
-                self._fence(control, request, timeout)
             reply = control.request(request)
-            self.current = Stream(request["stage"], request["epoch"], int(reply.get("batches", 0)), reply)
-            return self.current
+            identifier = reply.get("stream")
+            if not isinstance(identifier, int) or isinstance(identifier, bool) or identifier < 1:
+                raise ProtocolError(f"the daemon's epoch reply has no stream id: {reply!r} (nb-serve is older than "
+                                    f"this client; upgrade it)")
+            stage = request["stage"]
+            stream = Stream(stage, request["epoch"], identifier, int(reply.get("batches", 0)), reply)
+            self.current[stage] = stream
+            self.kept[stage].clear()  # kept for the stream this one replaces
+            return stream
 
-    def _fence(self, control: ControlClient, request: dict, timeout: float):
-        epoch = request["epoch"]
-        while ("val", epoch) in self.stale or ("val", epoch) == (request["stage"], request["epoch"]):
-            epoch += 1
-        fence = {"cmd": "epoch", "rank": request["rank"], "stage": "val", "epoch": epoch}
-        control.request(fence)
-        deadline = time.monotonic() + timeout
-        while True:
-            header, _ = self._receive(deadline, timeout)
-            if (header.get("stage"), header.get("epoch")) == ("val", epoch):
-                break
-        # Everything of the older streams came before the fence's first message.
-        self.stale = {("val", epoch)} if header["type"] != "end" else set()
+    def is_current(self, stream: Stream) -> bool:
+        return self.current[stream.stage] is stream
 
-    def receive(self, stream: Stream, timeout: float):
-        """The next message (header, frames) of `stream`, skipping what is left of abandoned streams."""
+    def check_daemon(self) -> None:
+        """Raises DaemonLost (after forgetting every stream) when the daemon's end of the data connection has
+        closed since the last look: the daemon stopped or crashed, and its streams are gone with it."""
+        with self.lock:
+            if self._watch.disconnected():
+                self.forget()
+                raise DaemonLost(f"nb-serve's data connection {self.endpoint} closed: the daemon stopped or crashed")
+
+    def forget(self) -> None:
+        """Forgets every stream (the daemon that served them is gone; what it left queued is stale)."""
+        with self.lock:
+            self._watch.disconnected()
+            for stage in self.current:
+                self.current[stage] = None
+                self.kept[stage].clear()
+
+    def receive(self, stream: Stream, timeout: float) -> tuple[dict[str, Any], list[zmq.Frame]]:
+        """The next message (header, frames) of `stream`. Raises StreamLost when the stream was replaced,
+        DaemonLost when the daemon went away, TimeoutError when nothing of it comes within `timeout`."""
         with self.lock:
             deadline = time.monotonic() + timeout
+            kept = self.kept[stream.stage]
             while True:
-                if self.current is not stream:
-                    raise Superseded(
-                        f"the {stream.stage} epoch {stream.epoch} stream on {self.endpoint} was abandoned: another "
-                        f"epoch was requested for this rank since (the daemon streams one epoch per rank at a time)")
+                self.check_daemon()
+                if not self.is_current(stream):
+                    raise StreamLost(f"the {stream.stage} epoch {stream.epoch} stream {stream.id} on {self.endpoint} "
+                                     f"was replaced: this stage was asked for again")
+                if kept:
+                    header, frames = kept.popleft()
+                    return self._checked(stream, header), frames
                 header, frames = self._receive(deadline, timeout)
-                if (header.get("stage"), header.get("epoch")) != stream.key:
-                    continue  # left over from an abandoned stream
-                if not stream.started:
-                    stream.started = True
-                    self.stale.clear()  # one connection keeps order: nothing older can follow
-                if header["type"] == "end":
-                    stream.finished = True
-                elif header.get("batch") != stream.next_batch:
-                    raise ProtocolError(f"{stream.stage} epoch {stream.epoch}: expected batch {stream.next_batch}, "
-                                        f"received batch {header.get('batch')}")
-                else:
-                    stream.next_batch += 1
-                return header, frames
+                if header is None:
+                    continue  # the daemon's end closed: check_daemon says so
+                owner = self.current.get(header.get("stage"))  # type: ignore[arg-type]
+                if owner is None or header["stream"] != owner.id:
+                    continue  # stale: an abandoned stream's, or a daemon's since restarted
+                if owner is stream:
+                    return self._checked(stream, header), frames
+                self.kept[owner.stage].append((header, frames))
 
-    def _receive(self, deadline: float, timeout: float):
+    @staticmethod
+    def _checked(stream: Stream, header: dict[str, Any]) -> dict[str, Any]:
+        if header["type"] == "end":
+            stream.finished = True
+        elif header.get("batch") != stream.next_batch:
+            raise ProtocolError(f"{stream.stage} epoch {stream.epoch} stream {stream.id}: expected batch "
+                                f"{stream.next_batch}, received batch {header.get('batch')}")
+        else:
+            stream.next_batch += 1
+        return header
+
+    def _receive(self, deadline: float, timeout: float) -> tuple[dict[str, Any] | None, list[zmq.Frame]]:
+        """A message, or (None, []) when the monitor has news; TimeoutError at the deadline."""
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._watch.monitor, zmq.POLLIN)
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not self.socket.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
-            raise TimeoutError(
-                f"no message from nb-serve on {self.endpoint} within {timeout:g} s (is the daemon alive? "
-                f"`nb-serve ctl status`)")
-        frames = self.socket.recv_multipart(copy=False)
-        return decode_header(frames[0]), frames
+        ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
+        if self.socket in ready:
+            frames = self.socket.recv_multipart(copy=False)
+            header = decode_header(frames[0])
+            if not isinstance(header.get("stream"), int) or isinstance(header.get("stream"), bool):
+                raise ProtocolError(f"a {header['type']} message without a stream id (nb-serve is older than this "
+                                    f"client; upgrade it)")
+            return header, frames
+        if self._watch.monitor in ready:
+            return None, []
+        raise TimeoutError(
+            f"no message from nb-serve on {self.endpoint} within {timeout:g} s (the daemon is connected but sends "
+            f"nothing: `nb-serve ctl status`)")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any, Callable
 
 from . import _config
+from ._config import ConfigMismatch
 from ._protocol import BatchError, ProtocolError, decode_tensors, nest, with_file
-from ._transport import Channel, ControlClient, DaemonError, Superseded, data_endpoint, default_control
+from ._transport import (Channel, ControlClient, DaemonError, DaemonLost, DaemonUnavailable, Stream, StreamLost,
+                         data_endpoint, default_control, how_to_start)
 from .sampler import SamplerState
 
 
@@ -112,9 +115,7 @@ class Loader:
             self._files = lambda index: os.path.join(root, template.format(index=index))
         self._lengths: dict[tuple[str, int], int] = {}
         self.last_header: dict[str, Any] | None = None
-        entry = served[self.rank]
-        active = (entry.get("stage"), entry.get("epoch")) if entry.get("active") else None
-        self._channel = Channel.acquire(self.endpoint, active)
+        self._channel = Channel.acquire(self.endpoint)
 
     # -- noisebase's loader API
 
@@ -144,42 +145,51 @@ class Loader:
         sampler = self.batch_sampler
         frames = sampler.frames_per_sequence
         epoch = int(sampler.get_epoch())
-        request = {"cmd": "epoch", "rank": self.rank, "stage": self.stage, "epoch": epoch}
+        request: dict[str, Any] = {"cmd": "epoch", "rank": self.rank, "stage": self.stage, "epoch": epoch}
         state = sampler.resume_request()
         if state is not None:
             request["state"] = state
-        stream = self._channel.begin(self._control, request, self.timeout)
+        stream = self._open(request)
         base = self._resumed_from(stream, epoch)  # the epoch's sequence position the stream starts at
         delivered = 0     # batch positions of `stream` handed out (batches and errors); once the next one is
         acknowledged = 0  # asked for, all are consumed; those up to a group boundary are acknowledged
-        skip = 0          # positions to pass over after a continuation (handed out before it)
-        group = None      # the sequences of the last batch handed out
+        skip = 0          # positions to pass over after a reopen (handed out before it)
+        group: list[int] | None = None  # the sequences of the last batch handed out
         while True:
             if self._closed:
                 raise RuntimeError("this nbserve.Loader was closed during the epoch")
-            boundary = delivered - delivered % frames
-            if boundary > acknowledged:
-                self._ack(stream, boundary)
-                acknowledged = boundary
             try:
-                header, frames_ = self._channel.receive(stream, self.timeout)
-            except Superseded:
-                stream, base, skip = self._continue(epoch, stream, base, delivered)
+                self._channel.check_daemon()
+                boundary = delivered - delivered % frames
+                if boundary > acknowledged and self._channel.is_current(stream):
+                    self._ack(stream, boundary)
+                    acknowledged = boundary
+                header, payload = self._channel.receive(stream, self.timeout)
+            except (StreamLost, DaemonLost, DaemonUnavailable):
+                # The daemon restarted (or this stage was asked for again): the same epoch again from the start
+                # of the current sequence group, passing over what was handed out already.
+                request = {"cmd": "epoch", "rank": self.rank, "stage": self.stage, "epoch": epoch,
+                           "state": {"start_epoch_idx": epoch, "start_sequence_idx": base + sampler.sequence_index(delivered)}}
+                stream, skip = self._open(request), delivered % frames
+                base = self._resumed_from(stream, epoch)
                 delivered = acknowledged = 0
                 continue
             kind = header["type"]
             if kind == "end":
                 if skip:
-                    raise ProtocolError(f"the continued {self.stage} epoch {epoch} ended {skip} batches early")
+                    raise ProtocolError(f"the reopened {self.stage} epoch {epoch} ended {skip} batches early")
                 if delivered > acknowledged:
-                    self._ack(stream, delivered)
+                    try:
+                        self._ack(stream, delivered)
+                    except (DaemonLost, DaemonUnavailable):
+                        pass  # every batch arrived; a restarted daemon does not know this stream anyway
                 sampler.epoch_finished(epoch)
                 return
             delivered = header["batch"] + 1
             if skip:
-                # Already handed out before the stream was interrupted: the same group, frame by frame.
-                if kind != "batch" or header["sequences"] != group or header["frame_index"] != header["batch"]:
-                    raise ProtocolError(f"the continued {self.stage} epoch {epoch} does not repeat its interrupted "
+                # Already handed out before the reopen: the same group, frame by frame.
+                if kind == "batch" and (header["sequences"] != group or header["frame_index"] != header["batch"]):
+                    raise ProtocolError(f"the reopened {self.stage} epoch {epoch} does not repeat its interrupted "
                                         f"sequence group {group} (batch {header.get('batch')}: "
                                         f"{header.get('sequences')}, frame {header.get('frame_index')})")
                 skip -= 1
@@ -189,7 +199,7 @@ class Loader:
             self._check_geometry(header)
             self.last_header = header
             group = header["sequences"]
-            batch = nest(decode_tensors(header, frames_))
+            batch = nest(decode_tensors(header, payload))
             if self._files is not None:
                 batch = with_file(batch, [self._files(index) for index in header["sequences"]])
             yield batch
@@ -204,27 +214,52 @@ class Loader:
                 f"frames_per_sequence {sampler.frames_per_sequence} and batch size {sampler.batch_size} per rank")
 
     @staticmethod
-    def _resumed_from(stream: Any, epoch: int) -> int:
+    def _resumed_from(stream: Stream, epoch: int) -> int:
         resumed = stream.reply.get("resumed_from")
         if isinstance(resumed, dict) and resumed.get("start_epoch_idx") == epoch:
             return int(resumed.get("start_sequence_idx", 0))
         return 0
 
-    def _continue(self, epoch: int, stream: Any, base: int, delivered: int) -> tuple[Any, int, int]:
-        """Another epoch was streamed to this rank meanwhile (say, validation in the middle of a training
-        epoch): asks for this epoch again from the start of the interrupted sequence group (a resume state,
-        as noisebase's) and returns (stream, its base, batches to pass over)."""
-        frames = self.batch_sampler.frames_per_sequence
-        start = base + self.batch_sampler.sequence_index(delivered)
-        skip = delivered % frames
-        request = {"cmd": "epoch", "rank": self.rank, "stage": self.stage, "epoch": epoch,
-                   "state": {"start_epoch_idx": epoch, "start_sequence_idx": start}}
-        stream = self._channel.begin(self._control, request, self.timeout)
-        return stream, self._resumed_from(stream, epoch), skip
+    def _open(self, request: dict[str, Any]) -> Stream:
+        """Starts a stream; a daemon that went away (restarting) is waited for up to `timeout` seconds first."""
+        deadline: float | None = None
+        while True:
+            try:
+                self._channel.check_daemon()
+                return self._channel.begin(self._control, request)
+            except (DaemonLost, DaemonUnavailable) as error:
+                if deadline is None:
+                    deadline = time.monotonic() + self.timeout
+                self._await_daemon(deadline, error)
 
-    def _ack(self, stream: Any, consumed: int) -> None:
+    def _await_daemon(self, deadline: float, why: Exception) -> None:
+        """Waits until a daemon answers at the control endpoint again, and checks that it serves what the one
+        before served (the same config, world size and rank): then its streams continue this trainer's."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                kind = "is not running" if isinstance(why, DaemonUnavailable) else f"went away ({why})"
+                raise DaemonUnavailable(f"nb-serve at {self.control} {kind} and did not come back within "
+                                        f"{self.timeout:g} s; {how_to_start(self.control)}") from None
+            try:
+                status = self._control.request({"cmd": "status"}, connect_timeout=remaining, await_start=True)
+                break
+            except (DaemonLost, DaemonUnavailable, TimeoutError) as error:
+                why = error
+        before = {key: self.status.get(key) for key in ("config", "world_size", "frames_per_sequence", "batch_size")}
+        after = {key: status.get(key) for key in before}
+        if before != after:
+            changed = sorted(key for key in before if before[key] != after[key])
+            raise ConfigMismatch(f"nb-serve at {self.control} restarted with another configuration ({', '.join(changed)} "
+                                 f"differ: {before} before, {after} now); its stream cannot continue this trainer's")
+        if self.rank not in {int(entry["rank"]) for entry in status.get("ranks", [])}:
+            raise DaemonError(f"nb-serve at {self.control} restarted without rank {self.rank}")
+        self.status = status
+        self._channel.forget()
+
+    def _ack(self, stream: Stream, consumed: int) -> None:
         self._control.request({"cmd": "ack", "rank": self.rank, "stage": stream.stage, "epoch": stream.epoch,
-                               "batches": consumed})
+                               "batches": consumed, "stream": stream.id})
 
     # -- lifetime
 
