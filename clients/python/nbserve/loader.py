@@ -258,8 +258,13 @@ class Loader:
         self._channel.forget()
 
     def _ack(self, stream: Stream, consumed: int) -> None:
-        self._control.request({"cmd": "ack", "rank": self.rank, "stage": stream.stage, "epoch": stream.epoch,
-                               "batches": consumed, "stream": stream.id})
+        try:
+            self._control.request({"cmd": "ack", "rank": self.rank, "stage": stream.stage, "epoch": stream.epoch,
+                                   "batches": consumed, "stream": stream.id})
+        except DaemonError as refused:
+            # The daemon does not know the stream: it is a new daemon (the control socket reconnected to it
+            # before the data socket's disconnection was seen) or the stage was asked for again.
+            raise StreamLost(f"the {stream.stage} epoch {stream.epoch} stream {stream.id} is gone: {refused}") from None
 
     # -- lifetime
 
