@@ -701,6 +701,24 @@ def test_pip_installs_the_typed_client_with_one_version(tmp_path):
     assert scripts == "['nbserve.__main__:main']"
 
 
+def test_every_function_of_the_client_is_annotated():
+    """py.typed promises types: every function and method (public or not) annotates its arguments and its
+    return."""
+    import ast
+
+    missing = []
+    for path in sorted((CLIENT_DIR / "nbserve").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                unannotated = [a.arg for a in arguments if a.annotation is None and a.arg not in ("self", "cls")]
+                unannotated += [f"*{a.arg}" for a in (node.args.vararg, node.args.kwarg) if a and a.annotation is None]
+                if node.returns is None or unannotated:
+                    missing.append(f"{path.name}:{node.lineno} {node.name} {unannotated or 'return'}")
+    assert (CLIENT_DIR / "nbserve" / "py.typed").exists()
+    assert not missing, "\n".join(missing)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # torch and Lightning (run where installed; otherwise skipped and listed at the end of the run)
 

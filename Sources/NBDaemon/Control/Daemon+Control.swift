@@ -172,6 +172,20 @@ extension Daemon {
             "frames_per_sequence": .int(Int64(config.source.framesPerSequence)), "batch_size": .int(Int64(layout.batchSize)),
             "data_path": .string(config.dataPath), "files": .string(config.source.files.text),
             "sequences": .int(Int64(config.source.sequences)),
+            // The noisebase keys that decide what is served, as the config has them (batch_size for the whole
+            // world): a client checks its trainer's config against these.
+            "config": .object([
+                "batch_size": .int(Int64(config.batchSize)), "seed": .int(config.seed),
+                "buffers": .array(config.buffers.map { .string($0.rawValue) }), "samples": .int(Int64(config.samples)),
+                "val_split": .double(config.valSplit), "shuffle": .bool(config.shuffle), "drop_last": .bool(config.dropLast),
+                "flip_rotate": .bool(config.flipRotate),
+                "src": .object([
+                    "sequences": .int(Int64(config.source.sequences)), "files": .string(config.source.files.text),
+                    "frames_per_sequence": .int(Int64(config.source.framesPerSequence)), "crop": .int(Int64(config.source.crop)),
+                    "samples": .int(Int64(config.source.samples)), "rendering_height": .int(Int64(config.source.renderingHeight)),
+                    "rendering_width": .int(Int64(config.source.renderingWidth)),
+                ]),
+            ]),
         ]
         if let state = currentState() {
             reply["resume_state"] = .object(["start_epoch_idx": .int(Int64(state.startEpoch)), "start_sequence_idx": .int(Int64(state.startSequence))])

@@ -81,7 +81,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                             print(f"  {name:28s} {value.dtype.str:4s} {list(value.shape)}")
                         else:
                             print(f"  {name:28s} {type(value).__name__} of {len(value)}")
-                header = loader.last_header
+                header = loader.last_header or {"sequences": []}
                 frames += len(header["sequences"])
                 nbytes += sum(value.nbytes for _, value in _flatten(batch) if isinstance(value, np.ndarray))
                 received += 1
@@ -123,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "pull" and (args.world_size is None or args.rank is None):
         try:
-            status = ControlClient(args.control, args.timeout).request({"cmd": "status"})
+            reply = ControlClient(args.control, args.timeout).request({"cmd": "status"})
         except (TimeoutError, DaemonError, DaemonUnavailable) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         if args.world_size is None:
-            args.world_size = status["world_size"]
+            args.world_size = reply["world_size"]
         if args.rank is None:
-            args.rank = status["ranks"][0]["rank"] if status.get("ranks") else 0
+            args.rank = reply["ranks"][0]["rank"] if reply.get("ranks") else 0
     try:
         return cmd_status(args) if args.command == "status" else cmd_pull(args)
     except (TimeoutError, DaemonError, DaemonUnavailable, ProtocolError) as error:

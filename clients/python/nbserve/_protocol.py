@@ -90,7 +90,7 @@ def decode_tensors(header: dict[str, Any], frames: Any) -> dict[str, np.ndarray]
 
 def nest(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """'prev_camera.crop_offset' -> batch['prev_camera']['crop_offset'], keys in noisebase's order."""
-    batch: dict = {}
+    batch: dict[str, Any] = {}
     for name in sorted(arrays, key=lambda n: _RANK.get(n.partition(".")[0], len(_RANK))):
         group, dot, key = name.partition(".")
         if dot:

@@ -48,7 +48,7 @@ HEARTBEAT_TIMEOUT_MS = 5000
 class _Watch:
     """A socket's monitor: whether the daemon's end of a connection has closed since the last look."""
 
-    def __init__(self, socket: zmq.Socket) -> None:
+    def __init__(self, socket: zmq.Socket[Any]) -> None:
         self.monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
     def disconnected(self) -> bool:
@@ -59,12 +59,12 @@ class _Watch:
             seen = seen or event["event"] == zmq.EVENT_DISCONNECTED
         return seen
 
-    def close(self, socket: zmq.Socket) -> None:
+    def close(self, socket: zmq.Socket[Any]) -> None:
         socket.disable_monitor()
         self.monitor.close(linger=0)
 
 
-def _configure(socket: zmq.Socket) -> None:
+def _configure(socket: zmq.Socket[Any]) -> None:
     """Options every socket to the daemon gets."""
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
@@ -102,11 +102,11 @@ def how_to_start(endpoint: str) -> str:
             f"daemon that runs; `nb-serve ctl --control {endpoint} status` checks it")
 
 
-_contexts: dict[int, zmq.Context] = {}
+_contexts: dict[int, zmq.Context[Any]] = {}
 _contexts_lock = threading.Lock()
 
 
-def context() -> zmq.Context:
+def context() -> zmq.Context[Any]:
     """One ZeroMQ context per process (a forked child gets its own)."""
     pid = os.getpid()
     with _contexts_lock:
@@ -128,12 +128,12 @@ class ControlClient:
         self.endpoint = endpoint
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self._socket: zmq.Socket | None = None
+        self._socket: zmq.Socket[Any] | None = None
         self._watch: _Watch | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def _connect(self) -> tuple[zmq.Socket, _Watch]:
+    def _connect(self) -> tuple[zmq.Socket[Any], _Watch]:
         if self._socket is None or self._watch is None or self._pid != os.getpid():
             socket = context().socket(zmq.REQ)
             _configure(socket)
@@ -325,10 +325,11 @@ class Channel:
                 if kept:
                     header, frames = kept.popleft()
                     return self._checked(stream, header), frames
-                header, frames = self._receive(deadline, timeout)
-                if header is None:
+                received, frames = self._receive(deadline, timeout)
+                if received is None:
                     continue  # the daemon's end closed: check_daemon says so
-                owner = self.current.get(header.get("stage"))  # type: ignore[arg-type]
+                header = received
+                owner = self.current.get(str(header.get("stage")))
                 if owner is None or header["stream"] != owner.id:
                     continue  # stale: an abandoned stream's, or a daemon's since restarted
                 if owner is stream:

@@ -38,7 +38,12 @@ class TrainingSampleLoader_v1(L.LightningDataModule):
     def _loader(self, stage: str) -> TorchLoader:
         args = dict(self.loader_args)
         args["stage"] = stage
-        return TorchLoader(self.control, get_epoch=lambda: self.trainer.current_epoch, **args)
+        return TorchLoader(self.control, get_epoch=self._current_epoch, **args)
+
+    def _current_epoch(self) -> int:
+        if self.trainer is None:
+            raise RuntimeError("nbserve.lightning.TrainingSampleLoader_v1 is not attached to a Trainer")
+        return self.trainer.current_epoch
 
     def train_dataloader(self) -> TorchLoader:
         return self._loader("train")
@@ -82,7 +87,10 @@ class MidepochCheckpoint(ModelCheckpoint):
                              batch_idx: int) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         if self._nbserve_saves_pending():
-            sampler = trainer.train_dataloader.batch_sampler
+            loader = trainer.train_dataloader
+            if loader is None:
+                return
+            sampler = loader.batch_sampler
             if sampler.checkpoint(trainer.current_epoch, batch_idx):
                 # The sampler cached the resume state; the loader's state_dict() returns it into the file.
                 self._nbserve_flush(trainer)

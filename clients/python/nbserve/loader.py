@@ -72,7 +72,6 @@ class Loader:
     def __init__(self, control: str | None = None, stage: str = "train", rank: int | None = None,
                  world_size: int | None = None, get_epoch: Callable[[], int] | None = None, timeout: float = 60.0,
                  **config: Any) -> None:
-        self._channel: Channel | None = None
         self._closed = False
         self.control = control or default_control()
         self.stage = _stage(stage)
@@ -273,11 +272,12 @@ class Loader:
         if self._closed:
             return
         self._closed = True
-        if self._channel is not None:
-            self._channel.release()
-            self._channel = None
-        if self._control is not None:
-            self._control.close()
+        channel = self.__dict__.pop("_channel", None)  # absent when __init__ failed before acquiring it
+        if channel is not None:
+            channel.release()
+        control = self.__dict__.get("_control")
+        if control is not None:
+            control.close()
 
     def __enter__(self) -> Loader:
         return self

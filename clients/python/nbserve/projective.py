@@ -32,5 +32,7 @@ def backproject_pixel_centers_np(motion: ArrayLike, crop_offset: ArrayLike, prev
     if as_grid:
         pixel_pos_xy = np.transpose(np.flip(pixel_pos, 1), (0, 2, 3, 1)) + dtype.type(0.5)
         image_pos = pixel_pos_xy / np.array([width, height], dtype=dtype)
-        return image_pos * dtype.type(2) - dtype.type(1)
-    return pixel_pos
+        grid: np.ndarray = image_pos * dtype.type(2) - dtype.type(1)
+        return grid
+    positions: np.ndarray = pixel_pos
+    return positions
