@@ -70,10 +70,10 @@ class _TorchNotice:
     """Ends the terminal report with the torch / Lightning tests of this file that did not run."""
 
     def pytest_runtest_logreport(self, report):
-        if report.skipped and report.when == "setup" and "test_client.py" in report.nodeid:
+        if report.skipped and report.when == "setup" and "/test_client" in report.nodeid:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
             if "not installed" in reason:
-                _NOT_RUN.append(report.nodeid.split("::")[-1])
+                _NOT_RUN.append(report.nodeid.split("/")[-1])
 
     def pytest_terminal_summary(self, terminalreporter):
         if _NOT_RUN:
@@ -81,7 +81,7 @@ class _TorchNotice:
             terminalreporter.write_line(
                 f"torch{'' if HAVE_TORCH else ' is not installed'}"
                 f"{'' if HAVE_LIGHTNING or not HAVE_TORCH else ', lightning is not installed'}: "
-                f"{len(_NOT_RUN)} tests of Tests/conformance/test_client.py were not run:")
+                f"{len(_NOT_RUN)} tests of Tests/conformance/test_client*.py were not run:")
             for name in _NOT_RUN:
                 terminalreporter.write_line(f"  {name}")
             terminalreporter.write_line("install torch and lightning and run the suite again to run them")

@@ -10,6 +10,7 @@ between epochs, and the daemon after the restart must be a new process serving a
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import signal
 import sys
@@ -81,6 +82,51 @@ def train_two_epochs(control: str, on_batch=None) -> list[tuple[str, int, int, s
     return seen
 
 
+class Restarts:
+    """Stops the daemon (SIGTERM, or SIGKILL after `ctl checkpoint`) at given training batches and starts it
+    again with the same config. At the first point the new daemon is started on another thread while the
+    trainer goes on and waits for its next batch; at later ones it is up before the trainer asks again."""
+
+    def __init__(self, how: str, binary: Path, config: Path, first: daemon_support.DaemonProcess, start,
+                 at: tuple[tuple[int, int], ...]):
+        self.how, self.binary, self.config, self.start, self.at = how, binary, config, start, at
+        self.daemons = [first]
+        self.written: list[dict] = []
+        self.threads: list[threading.Thread] = []
+        self.state_file = config.parent / "state" / "resume-state.json"
+
+    def stop(self, daemon: daemon_support.DaemonProcess):
+        if self.how == "sigterm":
+            assert daemon.stop(signal.SIGTERM) == 0, daemon.log_text()
+            self.written.append(json.loads(self.state_file.read_text()))
+        else:
+            result = support.run_ok(self.binary, "ctl", "--control", daemon.control, "checkpoint")
+            self.written.append(json.loads(result.stdout)["state"])
+            daemon.stop(signal.SIGKILL)
+
+    def __call__(self, epoch: int, batch_idx: int):
+        if (epoch, batch_idx) not in self.at:
+            return
+        self.join()
+        self.stop(self.daemons[-1])
+        thread = threading.Thread(target=lambda: self.daemons.append(self.start(self.binary, self.config)))
+        thread.start()
+        self.threads.append(thread)
+        if (epoch, batch_idx) != self.at[0]:
+            thread.join()
+
+    def join(self):
+        for thread in self.threads:
+            thread.join()
+
+    def positions(self) -> list[tuple[int, int]]:
+        return [(state["start_epoch_idx"], state["start_sequence_idx"]) for state in self.written]
+
+
+# Mid-group in epoch 0 (frame 2 of the second group) and at a group boundary in epoch 1 (after its first group).
+RESTART_AT = ((0, FRAMES + 2), (1, FRAMES - 1))
+
+
 @pytest.mark.parametrize("how", ["sigterm", "kill-after-checkpoint"])
 def test_training_survives_a_daemon_restart(binary, dataset, daemons, tmp_path, how):
     reference = daemons(binary, daemon_support.daemon_config(dataset, tmp_path / "reference"))
@@ -89,46 +135,65 @@ def test_training_survives_a_daemon_restart(binary, dataset, daemons, tmp_path, 
     assert len(expected) == 2 * (3 * FRAMES + FRAMES)
 
     config = daemon_support.daemon_config(dataset, tmp_path / "restarted", resume="auto")
-    state_file = tmp_path / "restarted" / "state" / "resume-state.json"
-    first = daemons(binary, config)
-    restarted: list[daemon_support.DaemonProcess] = []
-    written: list[dict] = []
-    threads: list[threading.Thread] = []
-
-    def stop(daemon: daemon_support.DaemonProcess):
-        if how == "sigterm":
-            assert daemon.stop(signal.SIGTERM) == 0, daemon.log_text()
-            written.append(json.loads(state_file.read_text()))
-        else:
-            result = support.run_ok(binary, "ctl", "--control", daemon.control, "checkpoint")
-            written.append(json.loads(result.stdout)["state"])
-            daemon.stop(signal.SIGKILL)
-
-    def on_batch(epoch: int, batch_idx: int):
-        # Mid-group in epoch 0 (frame 2 of the second group): the daemon is stopped, and started again on
-        # another thread while the trainer goes on and waits for its next batch. At a group boundary in epoch 1
-        # (after its first group): stopped and started again before the trainer asks for the next batch.
-        if (epoch, batch_idx) in ((0, FRAMES + 2), (1, FRAMES - 1)):
-            for thread in threads:
-                thread.join()
-            stop(restarted[-1] if restarted else first)
-            thread = threading.Thread(target=lambda: restarted.append(daemons(binary, config)))
-            thread.start()
-            threads.append(thread)
-            if epoch == 1:
-                thread.join()
-
-    seen = train_two_epochs(first.control, on_batch)
-    for thread in threads:
-        thread.join()
-    assert len(restarted) == 2, "the daemon was not restarted twice"
+    restarts = Restarts(how, binary, config, daemons(binary, config), daemons, RESTART_AT)
+    seen = train_two_epochs(restarts.daemons[0].control, restarts)
+    restarts.join()
+    assert len(restarts.daemons) == 3, "the daemon was not restarted twice"
+    assert len({daemon.process.pid for daemon in restarts.daemons}) == 3
     assert seen == expected, "the trainer did not see the batches of an uninterrupted run"
     # What the daemon had recorded when it went away: the acknowledged whole sequence groups (epoch 0's first
     # group; none yet of epoch 1, whose first group's last batch the trainer was still holding).
-    assert [(state["start_epoch_idx"], state["start_sequence_idx"]) for state in written] == [(0, BATCH), (1, 0)]
-    pids = {first.process.pid} | {daemon.process.pid for daemon in restarted}
-    assert len(pids) == 3
-    # The restarted daemon served the rest of the run, and counts it consumed.
-    status = restarted[-1].rank_status()
+    assert restarts.positions() == [(0, BATCH), (1, 0)]
+    # The last daemon served the rest of the run and counts it consumed.
+    status = restarts.daemons[-1].rank_status()
     assert status["train"]["epoch"] == 1 and status["val"]["epoch"] == 1
     assert status["val"]["consumed"] == FRAMES and status["val"]["phase"] == "ended"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_a_torch_model_trained_through_restarts_equals_one_trained_without(binary, dataset, daemons, tmp_path):
+    """A tiny model trained for two epochs through nbserve.torch, the daemon restarted twice under it (SIGTERM,
+    then SIGKILL after a checkpoint): every loss and the final weights are bit-identical to an uninterrupted
+    run's."""
+    import torch
+    from nbserve.torch import TrainingSampleLoader_v1
+
+    def train(control: str, on_batch=None):
+        torch.manual_seed(0)
+        torch.set_num_threads(1)
+        model = torch.nn.Conv2d(3, 3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        loader = TrainingSampleLoader_v1(control, pin_memory=False, timeout=WAIT_S, **dataset.config)
+        losses = []
+        try:
+            for epoch in (0, 1):
+                for batch_idx, batch in enumerate(loader):
+                    loss = torch.nn.functional.mse_loss(model(batch["color"].mean(-1)), batch["reference"])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    losses.append((epoch, batch_idx, loss.item()))
+                    if on_batch is not None:
+                        on_batch(epoch, batch_idx)
+        finally:
+            loader.close()
+        return losses, [parameter.detach().clone() for parameter in model.parameters()]
+
+    reference = daemons(binary, daemon_support.daemon_config(dataset, tmp_path / "reference"))
+    expected_losses, expected_weights = train(reference.control)
+    reference.stop()
+    assert len(expected_losses) == 2 * 3 * FRAMES
+
+    config = daemon_support.daemon_config(dataset, tmp_path / "restarted", resume="auto")
+    first = daemons(binary, config)
+    restarts = Restarts("sigterm", binary, config, first, daemons, RESTART_AT)
+
+    def on_batch(epoch: int, batch_idx: int):
+        restarts.how = "sigterm" if epoch == 0 else "kill-after-checkpoint"
+        restarts(epoch, batch_idx)
+
+    losses, weights = train(first.control, on_batch)
+    restarts.join()
+    assert len(restarts.daemons) == 3
+    assert losses == expected_losses
+    assert all(torch.equal(a, b) for a, b in zip(weights, expected_weights, strict=True))
