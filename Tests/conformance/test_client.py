@@ -256,9 +256,13 @@ def test_validation_mid_epoch_then_training_continues_exactly(shared_daemon, dat
         iterator = iter(train)
         head = [digest(next(iterator)) for _ in range(taken)]
         train_stream = shared_daemon.rank_status()["train"]["stream"]
-        # Validation in the middle of the training epoch: the daemon keeps the train stream where it is (what
-        # of it was already on its way is kept aside by the client)...
+        deadline = time.monotonic() + WAIT_S
+        while shared_daemon.rank_status()["train"]["sent"] <= taken:  # more of it is on its way
+            assert time.monotonic() < deadline, "the daemon sent no training batch ahead"
+        # Validation in the middle of the training epoch: the daemon keeps the train stream where it is; what
+        # of it was already on its way arrives before validation's batches and is kept aside by the client...
         assert epoch_digests(val) == [digest(b) for b in expected_val]
+        assert train._channel.kept["train"], "no training batch was kept aside during validation"
         # ...and the train iterator goes on where it was, on the same stream (nothing asked for again).
         assert head + [digest(b) for b in iterator] == expected_train
         status = shared_daemon.rank_status()["train"]
