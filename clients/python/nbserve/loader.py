@@ -47,13 +47,18 @@ class Loader:
     daemon whenever it completes a sequence group and at the end of the epoch (the granularity of the
     daemon's resume state), so ``nb-serve ctl checkpoint`` covers what was trained on.
 
-    The daemon streams one epoch per rank at a time, and every loader of a rank in a process shares one data
-    socket. When another epoch is streamed to the rank in the middle of an iteration (validation in the
-    middle of a training epoch), the interrupted iterator, once resumed, asks for its epoch again from the
-    start of the interrupted sequence group and passes over what it already yielded: it yields the
-    uninterrupted epoch. A batch the daemon could not produce raises ``BatchError``; no daemon at the control
-    endpoint raises ``DaemonUnavailable`` within seconds; a daemon that does not answer within ``timeout``
-    seconds raises ``TimeoutError``.
+    Every loader of a rank in a process shares one data socket; the daemon keeps one stream per stage for the
+    rank and sends one stage at a time, so validation in the middle of a training epoch leaves the training
+    stream where it is (its batches already on their way are kept aside until training goes on). When the
+    daemon goes away mid-epoch (a restart), the iterator waits up to ``timeout`` seconds for it to answer
+    again, asks for its epoch from the start of the current sequence group and passes over what it already
+    yielded: it yields the uninterrupted epoch. An iterator whose stream was replaced by a newer iteration
+    of the same stage does the same when it is resumed.
+
+    A batch the daemon could not produce raises ``BatchError``; no daemon at the control endpoint raises
+    ``DaemonUnavailable`` at once or within 1.5 s; a daemon that went away and does not come back within
+    ``timeout`` seconds raises ``DaemonUnavailable``; one that is connected but does not answer or send within
+    ``timeout`` seconds raises ``TimeoutError``.
 
     control     the daemon's control endpoint (default: the daemon's default, as `nb-serve run` uses)
     stage       "train" or "val"
@@ -61,7 +66,7 @@ class Loader:
                 default: torch.distributed's when initialised, else 0 and 1; the daemon must serve this rank of
                 this world size
     get_epoch   callable giving the epoch to ask for at each iteration (noisebase's argument)
-    timeout     seconds to wait for any reply or batch before raising TimeoutError
+    timeout     seconds to wait for any reply or batch, or for a daemon that went away to come back
     **config    noisebase's loader config, as it is (optional). Every key of it that decides the batches
                 (batch_size, seed, buffers, samples, val_split, shuffle, drop_last, flip_rotate, src.*) must say
                 what the daemon serves, else ConfigMismatch names the key and both values; ``data_path`` and
@@ -166,10 +171,12 @@ class Loader:
                 header, payload = self._channel.receive(stream, self.timeout)
             except (StreamLost, DaemonLost, DaemonUnavailable):
                 # The daemon restarted (or this stage was asked for again): the same epoch again from the start
-                # of the current sequence group, passing over what was handed out already.
+                # of the current sequence group, passing over what was handed out already (also when a reopen
+                # is interrupted before it passed over all of it).
+                handed = delivered + skip
                 request = {"cmd": "epoch", "rank": self.rank, "stage": self.stage, "epoch": epoch,
-                           "state": {"start_epoch_idx": epoch, "start_sequence_idx": base + sampler.sequence_index(delivered)}}
-                stream, skip = self._open(request), delivered % frames
+                           "state": {"start_epoch_idx": epoch, "start_sequence_idx": base + sampler.sequence_index(handed)}}
+                stream, skip = self._open(request), handed % frames
                 base = self._resumed_from(stream, epoch)
                 delivered = acknowledged = 0
                 continue
@@ -180,7 +187,7 @@ class Loader:
                 if delivered > acknowledged:
                     try:
                         self._ack(stream, delivered)
-                    except (DaemonLost, DaemonUnavailable):
+                    except (DaemonLost, DaemonUnavailable, StreamLost):
                         pass  # every batch arrived; a restarted daemon does not know this stream anyway
                 sampler.epoch_finished(epoch)
                 return
