@@ -1,10 +1,11 @@
 """A daemon restarted under a training loop does not stop training (the Python client, clients/python).
 
 The daemon is stopped and started again (the same config, `serve.resume: auto`, its state directory) while a
-trainer iterates: with SIGTERM (the daemon writes its resume state as it stops), or with SIGKILL after
-`nb-serve ctl checkpoint`; twice per run, once mid-group with the new daemon started on another thread while
-the trainer waits for its next batch, once at a group boundary before the trainer asks again. The trainer must see exactly the batches of an uninterrupted run, epoch after epoch, with validation
-between epochs, and the daemon after the restart must be a new process serving a new stream.
+trainer runs: with SIGTERM (the daemon writes its resume state as it stops), or with SIGKILL after
+`nb-serve ctl checkpoint`; twice per run, the first time with the new daemon started on another thread while
+the trainer goes on and waits for its next batch. The trainer must see exactly what an uninterrupted run sees
+(a numpy loop's batches, a torch model's losses and weights, a Lightning fit's batches and weights), and each
+restart must really be a new daemon process.
 """
 
 from __future__ import annotations
@@ -83,20 +84,20 @@ def train_two_epochs(control: str, on_batch=None) -> list[tuple[str, int, int, s
 
 
 class Restarts:
-    """Stops the daemon (SIGTERM, or SIGKILL after `ctl checkpoint`) at given training batches and starts it
-    again with the same config. At the first point the new daemon is started on another thread while the
-    trainer goes on and waits for its next batch; at later ones it is up before the trainer asks again."""
+    """Stops the daemon at given points of a training run (SIGTERM, or SIGKILL after `ctl checkpoint`) and
+    starts it again with the same config. At the first point the new daemon is started on another thread while
+    the trainer goes on and waits for its next batch; at later ones it is up before the trainer asks again."""
 
-    def __init__(self, how: str, binary: Path, config: Path, first: daemon_support.DaemonProcess, start,
-                 at: tuple[tuple[int, int], ...]):
-        self.how, self.binary, self.config, self.start, self.at = how, binary, config, start, at
+    def __init__(self, binary: Path, config: Path, first: daemon_support.DaemonProcess, start,
+                 at: dict[tuple, str]):
+        self.binary, self.config, self.start, self.at = binary, config, start, at
         self.daemons = [first]
         self.written: list[dict] = []
         self.threads: list[threading.Thread] = []
         self.state_file = config.parent / "state" / "resume-state.json"
 
-    def stop(self, daemon: daemon_support.DaemonProcess):
-        if self.how == "sigterm":
+    def stop(self, daemon: daemon_support.DaemonProcess, how: str):
+        if how == "sigterm":
             assert daemon.stop(signal.SIGTERM) == 0, daemon.log_text()
             self.written.append(json.loads(self.state_file.read_text()))
         else:
@@ -104,15 +105,15 @@ class Restarts:
             self.written.append(json.loads(result.stdout)["state"])
             daemon.stop(signal.SIGKILL)
 
-    def __call__(self, epoch: int, batch_idx: int):
-        if (epoch, batch_idx) not in self.at:
+    def __call__(self, *point):
+        if point not in self.at:
             return
         self.join()
-        self.stop(self.daemons[-1])
+        self.stop(self.daemons[-1], self.at[point])
         thread = threading.Thread(target=lambda: self.daemons.append(self.start(self.binary, self.config)))
         thread.start()
         self.threads.append(thread)
-        if (epoch, batch_idx) != self.at[0]:
+        if point != next(iter(self.at)):
             thread.join()
 
     def join(self):
@@ -135,7 +136,7 @@ def test_training_survives_a_daemon_restart(binary, dataset, daemons, tmp_path, 
     assert len(expected) == 2 * (3 * FRAMES + FRAMES)
 
     config = daemon_support.daemon_config(dataset, tmp_path / "restarted", resume="auto")
-    restarts = Restarts(how, binary, config, daemons(binary, config), daemons, RESTART_AT)
+    restarts = Restarts(binary, config, daemons(binary, config), daemons, {point: how for point in RESTART_AT})
     seen = train_two_epochs(restarts.daemons[0].control, restarts)
     restarts.join()
     assert len(restarts.daemons) == 3, "the daemon was not restarted twice"
@@ -186,14 +187,76 @@ def test_a_torch_model_trained_through_restarts_equals_one_trained_without(binar
 
     config = daemon_support.daemon_config(dataset, tmp_path / "restarted", resume="auto")
     first = daemons(binary, config)
-    restarts = Restarts("sigterm", binary, config, first, daemons, RESTART_AT)
-
-    def on_batch(epoch: int, batch_idx: int):
-        restarts.how = "sigterm" if epoch == 0 else "kill-after-checkpoint"
-        restarts(epoch, batch_idx)
-
-    losses, weights = train(first.control, on_batch)
+    restarts = Restarts(binary, config, first, daemons, dict(zip(RESTART_AT, ("sigterm", "kill-after-checkpoint"))))
+    losses, weights = train(first.control, restarts)
     restarts.join()
     assert len(restarts.daemons) == 3
     assert losses == expected_losses
+    assert all(torch.equal(a, b) for a, b in zip(weights, expected_weights, strict=True))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None or importlib.util.find_spec("lightning") is None,
+                    reason="torch or lightning is not installed")
+def test_lightning_fit_with_validation_survives_daemon_restarts(binary, dataset, daemons, tmp_path):
+    """Lightning, two epochs with validation in the middle and at the end of each: the daemon is restarted in
+    the middle of a training sequence group (SIGTERM) and in the middle of a validation run (SIGKILL after a
+    checkpoint). Every batch each step saw and the final weights equal an uninterrupted fit's."""
+    import lightning as L
+    import torch
+    from nbserve.lightning import TrainingSampleLoader_v1
+
+    def as_numpy(batch: dict) -> dict:
+        return {key: ({k: v.numpy() for k, v in value.items()} if isinstance(value, dict)
+                      else value if isinstance(value, list) else value.numpy()) for key, value in batch.items()}
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Conv2d(3, 3, 1)
+            self.seen: list[tuple] = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(("train", self.current_epoch, batch_idx, digest(as_numpy(batch))))
+            return torch.nn.functional.mse_loss(self.net(batch["color"].mean(-1)), batch["reference"])
+
+        def validation_step(self, batch, batch_idx):
+            self.seen.append(("val", self.current_epoch, self.global_step, batch_idx, digest(as_numpy(batch))))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    class Restarting(L.Callback):
+        def __init__(self, restarts):
+            self.restarts = restarts
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.restarts(trainer.current_epoch, batch_idx)
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            self.restarts("val", trainer.global_step, batch_idx)
+
+    def fit(control: str, callbacks: list) -> tuple[list, list]:
+        torch.set_num_threads(1)
+        model = Tiny()
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                            val_check_interval=6, callbacks=callbacks)
+        trainer.fit(model, datamodule=TrainingSampleLoader_v1(control, pin_memory=False, timeout=WAIT_S,
+                                                              **dataset.config))
+        return model.seen, [parameter.detach().clone() for parameter in model.parameters()]
+
+    reference = daemons(binary, daemon_support.daemon_config(dataset, tmp_path / "reference"))
+    expected_seen, expected_weights = fit(reference.control, [])
+    reference.stop()
+    assert len(expected_seen) == 2 * 3 * FRAMES + 4 * FRAMES  # two epochs, four validation runs
+
+    config = daemon_support.daemon_config(dataset, tmp_path / "restarted", resume="auto")
+    first = daemons(binary, config)
+    restarts = Restarts(binary, config, first, daemons,
+                        {(0, FRAMES + 2): "sigterm", ("val", 3 * FRAMES + 6, 1): "kill-after-checkpoint"})
+    seen, weights = fit(first.control, [Restarting(restarts)])
+    restarts.join()
+    assert len(restarts.daemons) == 3, "the daemon was not restarted twice"
+    assert seen == expected_seen
     assert all(torch.equal(a, b) for a, b in zip(weights, expected_weights, strict=True))
