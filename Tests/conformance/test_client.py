@@ -803,6 +803,31 @@ def test_example_train_ddp_runs_two_gloo_ranks(binary, dataset, tmp_path):
     assert "parameters agree across ranks" in result.stdout
 
 
+@requires_torch
+def test_example_finds_nb_serve_on_path_or_in_the_release_build_or_says_what_to_do(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("train_ddp_example", support.REPO_ROOT / "examples" / "train_ddp.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.delenv("NB_SERVE", raising=False)
+    checkout = tmp_path / "checkout"
+    monkeypatch.setattr(example, "REPO", checkout)
+    on_path = tmp_path / "bin" / "nb-serve"
+    release = checkout / ".build" / "release" / "nb-serve"
+    for binary in (on_path, release):
+        binary.parent.mkdir(parents=True)
+        binary.write_text("#!/bin/sh\n")
+        binary.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{on_path.parent}:/usr/bin:/bin")
+    assert example.find_nb_serve() == str(on_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert example.find_nb_serve() == str(release)
+    release.unlink()
+    with pytest.raises(SystemExit, match=r"nb-serve was not found.*swift build -c release --product nb-serve"):
+        example.find_nb_serve()
+    monkeypatch.setenv("NB_SERVE", "/opt/nb-serve")
+    assert example.find_nb_serve() == "/opt/nb-serve"
+
+
 @requires_lightning
 def test_lightning_midepoch_checkpoint_resumes_exactly(shared_daemon, dataset, tmp_path):
     import lightning as L
