@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -278,6 +279,63 @@ def test_validation_mid_epoch_then_training_continues_exactly(shared_daemon, dat
     finally:
         train.close()
         val.close()
+
+
+def test_channel_follows_docs_protocol_section_6(tmp_path):
+    """The reader rules of docs/protocol.md section 6, on real sockets with messages written as that section
+    specifies: per stage, the stream id of the latest `epoch` reply is current; its messages are delivered, or
+    kept aside in order while the other stage is read; any other id is stale and dropped; a gap in a stream's
+    batch indices is a protocol error."""
+    context = zmq.Context.instance()
+    control, push = context.socket(zmq.REP), context.socket(zmq.PUSH)
+    control.bind(f"ipc://{tmp_path}/control.sock")
+    push.bind(f"ipc://{tmp_path}/rank0.sock")
+    ids = {"train": 1796186412000001, "val": 1796186412000002}
+
+    def answer_epoch():
+        request = control.recv_json()
+        control.send_json({"ok": True, "stream": ids[request["stage"]], "batches": 4, "resumed_from": None})
+
+    def send(stage, batch=None, stream=None, kind="batch"):
+        header = {"v": 1, "type": kind, "stream": stream or ids[stage], "stage": stage, "epoch": 0}
+        if kind == "end":
+            header["batches"] = 4
+        else:
+            header.update(batch=batch, frame_index=batch, rank=0, world_size=1, sequences=[batch], orientations=[7],
+                          tensors=[])
+        push.send_json(header)
+
+    client = nbserve.ControlClient(f"ipc://{tmp_path}/control.sock", timeout=WAIT_S)
+    channel = nbserve._transport.Channel.acquire(f"ipc://{tmp_path}/rank0.sock")
+    try:
+        thread = threading.Thread(target=answer_epoch)
+        thread.start()
+        train = channel.begin(client, {"cmd": "epoch", "rank": 0, "stage": "train", "epoch": 0})
+        thread.join()
+        send("train", 0, stream=ids["train"] - 7)  # an abandoned stream's
+        send("train", 0)
+        send("train", 1)
+        thread = threading.Thread(target=answer_epoch)
+        thread.start()
+        val = channel.begin(client, {"cmd": "epoch", "rank": 0, "stage": "val", "epoch": 0})
+        thread.join()
+        send("train", 2)  # on its way when validation was asked for
+        send("val", 0, stream=ids["val"] + 99)  # a daemon's since restarted
+        send("val", 0)
+        send("val", kind="end")
+        send("train", 3)
+        send("train", 5)
+        received = [channel.receive(val, WAIT_S)[0] for _ in range(2)]
+        assert [(h["type"], h.get("batch")) for h in received] == [("batch", 0), ("end", None)]
+        assert [h["batch"] for h, _ in channel.kept["train"]] == [0, 1, 2]
+        assert [channel.receive(train, WAIT_S)[0]["batch"] for _ in range(4)] == [0, 1, 2, 3]
+        with pytest.raises(nbserve.ProtocolError, match="expected batch 4, received batch 5"):
+            channel.receive(train, WAIT_S)
+    finally:
+        channel.release()
+        client.close()
+        control.close(linger=0)
+        push.close(linger=0)
 
 
 def test_two_ranks_receive_the_whole_epoch_once(binary, dataset, daemons, tmp_path):

@@ -224,7 +224,6 @@ class Stream:
     id: int
     batches: int                 # batches the daemon planned from the stream's start
     reply: dict[str, Any] = field(default_factory=dict)
-    finished: bool = False       # its `end` has arrived
     next_batch: int = 0          # the index of the next batch/error message expected
 
 
@@ -338,12 +337,11 @@ class Channel:
 
     @staticmethod
     def _checked(stream: Stream, header: dict[str, Any]) -> dict[str, Any]:
-        if header["type"] == "end":
-            stream.finished = True
-        elif header.get("batch") != stream.next_batch:
-            raise ProtocolError(f"{stream.stage} epoch {stream.epoch} stream {stream.id}: expected batch "
-                                f"{stream.next_batch}, received batch {header.get('batch')}")
-        else:
+        """`header`, after checking that a batch or error message is the stream's next index (no gap)."""
+        if header["type"] != "end":
+            if header.get("batch") != stream.next_batch:
+                raise ProtocolError(f"{stream.stage} epoch {stream.epoch} stream {stream.id}: expected batch "
+                                    f"{stream.next_batch}, received batch {header.get('batch')}")
             stream.next_batch += 1
         return header
 
