@@ -307,7 +307,7 @@ def test_checkpoint_survives_a_crash_during_the_write(binary, dataset, daemons, 
     daemon.stop()
     before = Path(first["path"]).read_text()
 
-    crashing = daemons(binary, config, env={"NB_SERVE_TEST_CRASH_BEFORE_RENAME": "1"})
+    crashing = daemons(binary, config, env={"NB_SERVE_TEST_FAULT": "crash-before-rename"})
     crashing.epoch(0, 1, stop_after=2 * frames)
     with pytest.raises(TimeoutError):
         crashing.request({"cmd": "checkpoint"}, timeout_s=3)

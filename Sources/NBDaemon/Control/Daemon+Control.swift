@@ -12,9 +12,11 @@ extension Daemon {
         guard let frames = try control.receiveMultipart(timeout: .zero) else { return }
         var reply: [String: JSONValue]
         do {
-            reply = try handle(try ControlRequest.decode(frames))
+            let request = try ControlRequest.decode(frames)
+            if TestHooks.failLoopOnAck, case .ack = request { throw DaemonError("injected fault: the main loop fails on ack") }
+            reply = try handle(request)
             reply["ok"] = .bool(true)
-        } catch {
+        } catch let error as ControlError {
             reply = ["ok": .bool(false), "error": .string(error.description)]
         }
         _ = try control.send([Array(JSONValue.object(reply).description.utf8)])
