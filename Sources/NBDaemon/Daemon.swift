@@ -345,37 +345,8 @@ public final class Daemon {
 
     func collect(workerIndex index: Int) {
         guard case .running(let worker) = workers.slots[index] else { return }
-        guard let results = worker.receive() else {
-            // End of file: the worker died. Its unfinished tasks go back to the front of the queue and are
-            // decoded again into the same slots (the stream is unchanged) — unless workers keep dying on one:
-            // then its batch goes out as an `error` naming the file, and the stream goes on.
-            let lost = workers.died(index)
-            var requeued = 0, failed = 0
-            defer { Self.log("\(lost.count) unfinished tasks of the dead worker: \(requeued) requeued, \(failed) failed after repeated deaths") }
-            for task in lost.reversed() {
-                guard let owner = taskOwners[task.id], let stream = streams[owner.rank]?[owner.stage] else { continue }
-                guard stream.owns(id: owner.stream, batch: owner.batch, buffer: owner.buffer) else {
-                    taskOwners.removeValue(forKey: task.id)
-                    stream.taskDropped(buffer: owner.buffer)
-                    continue
-                }
-                let count = deaths[task.id, default: 0] + 1
-                deaths[task.id] = count
-                if count < Self.deathsPerTask {
-                    taskQueue.insert(task, at: 0)
-                    requeued += 1
-                } else {
-                    failed += 1
-                    deaths.removeValue(forKey: task.id)
-                    let report = ErrorReport(
-                        file: config.sequencePath(Int(task.sequence)), array: "", chunk: "",
-                        reason: "\(count) workers died decoding frame \(task.frame) of sequence \(task.sequence) from this file")
-                    finish(task.id, report: report)
-                }
-            }
-            return
-        }
-        for result in results {
+        let received = worker.receive()
+        for result in received.results {
             workers.completed()
             deaths.removeValue(forKey: result.id)
             var report: ErrorReport?
@@ -384,6 +355,37 @@ public final class Daemon {
                     ?? ErrorReport(file: "", array: "", chunk: "", reason: result.error)
             }
             finish(result.id, report: report)
+        }
+        guard received.ended else { return }
+        // The worker died. Its unfinished tasks go back to the front of the queue and are decoded again into
+        // the same slots (the stream is unchanged) — unless workers keep dying on one: then its batch goes out
+        // as an `error` naming the file, and the stream goes on.
+        let lost = workers.died(index)
+        var requeued = 0, failed = 0
+        defer { Self.log("\(lost.count) unfinished tasks of the dead worker: \(requeued) requeued, \(failed) failed after repeated deaths") }
+        // A worker decodes its tasks in order: the oldest unanswered one was being decoded when it died. Only
+        // that one is counted against; the others merely waited in its pipe.
+        let culprit = lost.first?.id
+        for task in lost.reversed() {
+            guard let owner = taskOwners[task.id], let stream = streams[owner.rank]?[owner.stage] else { continue }
+            guard stream.owns(id: owner.stream, batch: owner.batch, buffer: owner.buffer) else {
+                taskOwners.removeValue(forKey: task.id)
+                stream.taskDropped(buffer: owner.buffer)
+                continue
+            }
+            let count = deaths[task.id, default: 0] + (task.id == culprit ? 1 : 0)
+            deaths[task.id] = count
+            if count < Self.deathsPerTask {
+                taskQueue.insert(task, at: 0)
+                requeued += 1
+            } else {
+                failed += 1
+                deaths.removeValue(forKey: task.id)
+                let report = ErrorReport(
+                    file: config.sequencePath(Int(task.sequence)), array: "", chunk: "",
+                    reason: "\(count) workers died decoding frame \(task.frame) of sequence \(task.sequence) from this file")
+                finish(task.id, report: report)
+            }
         }
     }
 

@@ -166,6 +166,7 @@ extension Daemon {
         var reply: [String: JSONValue] = [
             "pid": .int(Int64(getpid())), "world_size": .int(Int64(worldSize)), "ranks": .array(rankStatus),
             "workers": .array(workerStatus), "worker_restarts": .int(Int64(workers.restarts)),
+            "workers_starting": .int(Int64(workers.slots.count - workers.running.count)),
             "errors": .array(errors.map { .string($0) }), "uptime_s": .double(uptime),
             "frames_per_s": .double(Double(framesSent) / uptime), "bytes_per_s": .double(Double(bytesSent) / uptime),
             "queued_tasks": .int(Int64(taskQueue.count)), "control": .string(controlEndpoint),
