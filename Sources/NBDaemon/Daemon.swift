@@ -58,6 +58,8 @@ public final class Daemon {
     let context: ZmqContext
     let control: ZmqSocket
     let controlEndpoint: String
+    /// The ZAP handler for CURVE endpoints (nil without CURVE); serviced by the poll loop.
+    let authenticator: ZapResponder?
     var sockets: [Int: ZmqSocket] = [:]
     var endpoints: [Int: String] = [:]
     var streams: [Int: RankStream] = [:]
@@ -114,11 +116,13 @@ public final class Daemon {
         }
 
         context = try ZmqContext(ioThreads: 1)
-        control = try ZmqSocket(.rep, context: context)
+        let security = try EndpointSecurity(config: config)
         controlEndpoint = Self.controlEndpoint(config)
-        try Self.prepareIPC(controlEndpoint)
-        try control.bind(controlEndpoint)
-        if let path = Self.ipcPath(controlEndpoint) { chmod(path, mode_t(config.serve.controlMode)) }
+        try security.check(control: controlEndpoint, dataTemplate: config.serve.endpoint, ranks: ranks)
+        authenticator = try security.makeAuthenticator(context: context)
+        control = try ZmqSocket(.rep, context: context)
+        try security.bind(control, to: controlEndpoint, isControl: true)
+        Self.log("trust: " + security.summary)
         for rank in ranks {
             guard let endpoint = EndpointTemplate.render(config.serve.endpoint, rank: rank) else {
                 throw ConfigError(file: config.file, key: "serve.endpoint", reason: "'\(config.serve.endpoint)' has a placeholder other than {rank} or {N+rank}")
@@ -126,8 +130,7 @@ public final class Daemon {
             let socket = try ZmqSocket(.push, context: context)
             try socket.set(.sendHighWaterMark, Int32(config.serve.prefetch))
             try socket.set(.linger, 2000)
-            try Self.prepareIPC(endpoint)
-            try socket.bind(endpoint)
+            try security.bind(socket, to: endpoint, isControl: false)
             sockets[rank] = socket
             endpoints[rank] = endpoint
         }
@@ -209,6 +212,7 @@ public final class Daemon {
             dispatch()
             let poller = ZmqPoller()
             let controlToken = poller.add(control, events: .readable)
+            let zapToken = authenticator.map { poller.add($0.socket, events: .readable) }
             let signalToken = poller.add(fileDescriptor: signalPipe[0], events: .readable)
             let releaseToken = poller.add(fileDescriptor: releasePipe[0], events: .readable)
             var workerTokens: [(ZmqPoller.Token, Int)] = []
@@ -225,6 +229,7 @@ public final class Daemon {
                 stopping = true
             }
             if !ready[releaseToken].isEmpty { drainReleases() }
+            if let zapToken, ready[zapToken].contains(.readable) { try authenticator?.answerPending() }
             if ready[controlToken].contains(.readable) { try handleControl() }
             for (token, index) in workerTokens.reversed() where !ready[token].isEmpty {
                 try collect(workerIndex: index)
@@ -433,6 +438,7 @@ public final class Daemon {
         }
         for socket in sockets.values { socket.close() }
         control.close()
+        authenticator?.close()
         // Terminating the context releases every frame still queued; only then may the memory go.
         context.close()
         for endpoint in [controlEndpoint] + Array(endpoints.values) {

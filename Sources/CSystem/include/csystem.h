@@ -13,4 +13,7 @@ int nb_memfd_create(const char *name);
 // prctl(PR_SET_PDEATHSIG, signal): the kernel sends `signal` to this process when its parent dies.
 int nb_set_parent_death_signal(int signal);
 
+// ipc listening sockets and liveness probes (unix_socket.c).
+#include "unix_socket.h"
+
 #endif
