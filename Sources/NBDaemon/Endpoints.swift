@@ -102,6 +102,7 @@ struct EndpointSecurity {
                 if path.hasPrefix("@") || path.hasPrefix("*") || path.isEmpty {
                     throw ConfigError(file: file, key: key, reason: "'\(endpoint)': abstract and wildcard ipc endpoints are refused (they have no file permissions to protect them); name a socket file")
                 }
+                _ = try existingSocketIsStale(path, endpoint: endpoint)
             } else if endpoint.hasPrefix("tcp://") {
                 guard curve == nil, !allowUnauthenticatedNetwork, !Self.isLoopback(endpoint) else { continue }
                 throw ConfigError(
@@ -167,10 +168,18 @@ struct EndpointSecurity {
     func prepareSocketPath(_ path: String, endpoint: String) throws {
         let directory = (path as NSString).deletingLastPathComponent
         if !directory.isEmpty { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+        guard try existingSocketIsStale(path, endpoint: endpoint) else { return }
+        Daemon.log("removing the stale socket \(path) (nothing answers on it)")
+        guard unlink(path) == 0 || errno == ENOENT else { throw SystemError(call: "unlink(\(path))", errno: errno) }
+    }
+
+    /// False when nothing is at `path`; true when a socket is there that nobody answers on (a killed
+    /// daemon's). Throws for anything else: a live socket (another daemon) or a file that is not a socket.
+    func existingSocketIsStale(_ path: String, endpoint: String) throws -> Bool {
         var info = stat()
         guard lstat(path, &info) == 0 else {
             guard errno == ENOENT else { throw SystemError(call: "lstat(\(path))", errno: errno) }
-            return
+            return false
         }
         guard info.st_mode & S_IFMT == S_IFSOCK else {
             throw DaemonError("\(endpoint): \(path) exists and is \(Self.kind(info.st_mode)), not a socket; refusing to remove it (choose another path)")
@@ -179,8 +188,7 @@ struct EndpointSecurity {
         case 1:
             throw DaemonError("another process answers on \(endpoint) (a running nb-serve?): refusing to take over its socket; stop it first (nb-serve ctl stop --control …)")
         case 0:
-            Daemon.log("removing the stale socket \(path) (nothing answers on it)")
-            guard unlink(path) == 0 || errno == ENOENT else { throw SystemError(call: "unlink(\(path))", errno: errno) }
+            return true
         default:
             throw DaemonError("\(endpoint): cannot tell whether anything answers on \(path) (\(String(cString: strerror(errno)))); refusing to remove it")
         }
