@@ -12,6 +12,7 @@ certificates pyzmq reads, the secret one mode 0600. Secret keys never reach logs
 from __future__ import annotations
 
 import grp
+import importlib.util
 import json
 import os
 import random
@@ -239,6 +240,24 @@ def test_curve_authorised_client_is_served_and_others_get_nothing(binary, datase
     intruder_public = zmq.auth.load_certificate(keys["intruder"][0])[0].decode()
     assert f"client key {intruder_public} refused" in log
     assert "CURVE on every tcp endpoint" in log
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_curve_keys_through_the_torch_loader(binary, dataset, daemons, keys, tmp_path):
+    import nbserve.torch
+
+    base = free_ports(2)
+    daemons(binary, curve_config(dataset, tmp_path, keys, base), curve=(keys["server"][0], keys["trainer"][1]))
+    control = f"tcp://127.0.0.1:{base}"
+    loader = nbserve.torch.TrainingSampleLoader_v1(control, stage="val", pin_memory=False, timeout=WAIT_S,
+                                                   server_key=keys["server"][0], client_key=keys["trainer"][1])
+    try:
+        batches = list(loader)
+        assert len(batches) == len(loader) > 0
+    finally:
+        loader.close()
+    with pytest.raises(TimeoutError, match="server_key= and client_key="):
+        nbserve.torch.TrainingSampleLoader_v1(control, pin_memory=False, timeout=REFUSED_S)
 
 
 def test_curve_keys_are_checked_at_start(binary, dataset, keys, tmp_path):
