@@ -432,6 +432,16 @@ def test_a_user_the_socket_mode_leaves_out_gets_a_permission_error(binary, datas
     assert as_user(nobody, nobody, [group], pull) == "ok"
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may connect whatever the mode (the test above runs as nobody)")
+def test_a_socket_mode_without_write_gives_its_owner_a_permission_error(binary, dataset, daemons, tmp_path):
+    daemons_config = daemon_support.daemon_config(dataset, tmp_path, socket_mode="0400", control_mode="0600")
+    daemons(binary, daemons_config)
+    started = time.monotonic()
+    with pytest.raises(PermissionError, match="0400"):
+        nbserve.Loader(f"ipc://{tmp_path}/control.sock", timeout=20)
+    assert time.monotonic() - started < 10, "the permission error waited for the timeout"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # A second daemon; what an ipc path may name
 
