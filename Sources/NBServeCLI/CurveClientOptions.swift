@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import NBDaemon
 import NBTransport
 
 /// `--server-key` and `--client-key`: how a client of a daemon with CURVE endpoints authenticates.
@@ -48,6 +49,10 @@ func checkIPCAccess(_ endpoint: String) throws {
     if access(path, W_OK) == 0 { return }
     let code = errno
     guard code == EACCES else { return }  // ENOENT: not started yet; the timeout says so
-    throw CurveCertificateError(
-        file: path, reason: "permission denied: this user (uid \(getuid())) may not connect to \(endpoint); the daemon's serve.socket_mode and serve.socket_group decide who may (README \"Trust model\")")
+    var info = stat()
+    let detail = stat(path, &info) == 0
+        ? String(format: "the socket is mode %04o, group %u", info.st_mode & 0o7777, info.st_gid)
+        : "a directory on the path is not searchable"
+    throw DaemonError(
+        "permission denied connecting to \(endpoint): \(detail), and this user (uid \(getuid())) may not connect; the daemon's serve.socket_mode and serve.socket_group decide who may (README \"Trust model\")")
 }
