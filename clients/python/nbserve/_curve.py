@@ -31,7 +31,7 @@ def _z85(value, what: str) -> bytes:
     try:
         if len(key) != 40 or len(zmq.utils.z85.decode(key)) != 32:
             raise ValueError
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, IndexError, TypeError):
         raise ValueError(f"{what} is not a 40-character Z85 CURVE key") from None
     return key
 
