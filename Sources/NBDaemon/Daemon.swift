@@ -62,6 +62,8 @@ public final class Daemon {
     let context: ZmqContext
     let control: ZmqSocket
     let controlEndpoint: String
+    /// The ZAP handler for CURVE endpoints (nil without CURVE); serviced by the poll loop.
+    let authenticator: ZapResponder?
     var sockets: [Int: ZmqSocket] = [:]
     var endpoints: [Int: String] = [:]
     var streams: [Int: RankStreams] = [:]
@@ -136,14 +138,16 @@ public final class Daemon {
         configMemory = configCopy
 
         context = try ZmqContext(ioThreads: 1)
-        control = try ZmqSocket(.rep, context: context)
+        let security = try EndpointSecurity(config: config)
         controlEndpoint = Self.controlEndpoint(config)
-        try Self.prepareIPC(controlEndpoint)
+        try security.check(control: controlEndpoint, dataTemplate: config.serve.endpoint, ranks: ranks)
+        authenticator = try security.makeAuthenticator(context: context)
+        control = try ZmqSocket(.rep, context: context)
         // libzmq drops a peer that sends more than this before anything reaches the loop; requests up to it
         // that are still too long are refused with a reply (ControlRequest.maximumByteCount).
         try control.set(.maximumMessageSize, Int64(1 << 20))
-        try control.bind(controlEndpoint)
-        if let path = Self.ipcPath(controlEndpoint) { chmod(path, mode_t(config.serve.controlMode)) }
+        try security.bind(control, to: controlEndpoint, isControl: true)
+        Self.log("trust: " + security.summary)
         for rank in ranks {
             guard let endpoint = EndpointTemplate.render(config.serve.endpoint, rank: rank) else {
                 throw ConfigError(file: config.file, key: "serve.endpoint", reason: "'\(config.serve.endpoint)' has a placeholder other than {rank} or {N+rank}")
@@ -151,8 +155,7 @@ public final class Daemon {
             let socket = try ZmqSocket(.push, context: context)
             try socket.set(.sendHighWaterMark, Int32(config.serve.prefetch))
             try socket.set(.linger, 2000)
-            try Self.prepareIPC(endpoint)
-            try socket.bind(endpoint)
+            try security.bind(socket, to: endpoint, isControl: false)
             sockets[rank] = socket
             endpoints[rank] = endpoint
         }
@@ -210,14 +213,6 @@ public final class Daemon {
         endpoint.hasPrefix("ipc://") ? String(endpoint.dropFirst(6)) : nil
     }
 
-    /// Creates an ipc socket's directory and removes a stale socket file a killed daemon left behind.
-    static func prepareIPC(_ endpoint: String) throws {
-        guard let path = ipcPath(endpoint) else { return }
-        let directory = (path as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        unlink(path)
-    }
-
     static func autoResumePath(_ config: LoaderConfig) -> String? {
         guard config.serve.resume == "auto", let directory = config.serve.stateDirectory else { return nil }
         let path = directory + "/" + ResumeStateFile.fileName
@@ -259,6 +254,7 @@ public final class Daemon {
         dispatch()
         let poller = ZmqPoller()
         let controlToken = poller.add(control, events: .readable)
+        let zapToken = authenticator.map { poller.add($0.socket, events: .readable) }
         let signalToken = poller.add(fileDescriptor: signalPipe[0], events: .readable)
         let releaseToken = poller.add(fileDescriptor: releasePipe[0], events: .readable)
         var workerTokens: [(ZmqPoller.Token, Int)] = []
@@ -278,6 +274,7 @@ public final class Daemon {
         let ready = try poller.poll(timeout: timeout)
         if !ready[signalToken].isEmpty { drainSignals() }
         if !ready[releaseToken].isEmpty { drainReleases() }
+        if let zapToken, ready[zapToken].contains(.readable) { try authenticator?.answerPending() }
         if ready[controlToken].contains(.readable) { try handleControl() }
         for (token, index) in workerTokens.reversed() where !ready[token].isEmpty {
             collect(workerIndex: index)
@@ -489,6 +486,7 @@ public final class Daemon {
         workers.stop(deadline: deadline)
         for socket in sockets.values { socket.close() }
         control.close()
+        authenticator?.close()
         // Terminating the context releases every frame still queued; only then may the memory go.
         context.close()
         for endpoint in [controlEndpoint] + Array(endpoints.values) {

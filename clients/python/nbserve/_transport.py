@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from ._curve import CurveKeys, check_access, secure
 from ._protocol import ProtocolError, decode_header
 
 
@@ -49,17 +50,20 @@ class ControlClient:
     """Request/reply with the daemon's control socket; a reply that does not come within `timeout` seconds
     raises TimeoutError (and the socket is replaced, so the next request starts clean)."""
 
-    def __init__(self, endpoint: str, timeout: float):
+    def __init__(self, endpoint: str, timeout: float, curve: CurveKeys | None = None):
         self.endpoint = endpoint
         self.timeout = timeout
+        self.curve = curve
         self._socket: zmq.Socket | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
     def _connect(self) -> zmq.Socket:
         if self._socket is None or self._pid != os.getpid():
+            check_access(self.endpoint)
             socket = context().socket(zmq.REQ)
             socket.setsockopt(zmq.LINGER, 0)
+            secure(socket, self.endpoint, self.curve)
             socket.connect(self.endpoint)
             self._socket, self._pid = socket, os.getpid()
         return self._socket
@@ -77,9 +81,11 @@ class ControlClient:
                 reply = socket.recv_json()
             except (TimeoutError, zmq.Again):
                 self._discard()
+                hint = (" If the daemon's tcp endpoints use CURVE, pass server_key= and client_key="
+                        if self.endpoint.startswith("tcp://") and self.curve is None else "")
                 raise TimeoutError(
                     f"nb-serve did not answer {body.get('cmd')!r} on {self.endpoint} within {self.timeout:g} s "
-                    f"(is `nb-serve run` running? `nb-serve ctl status --control {self.endpoint}`)") from None
+                    f"(is `nb-serve run` running? `nb-serve ctl status --control {self.endpoint}`).{hint}") from None
         if not isinstance(reply, dict):
             raise ProtocolError(f"control reply is not a JSON object: {reply!r}")
         if check and not reply.get("ok"):
@@ -146,11 +152,13 @@ class Channel:
     _registry: dict[tuple, "Channel"] = {}
     _registry_lock = threading.Lock()
 
-    def __init__(self, endpoint: str, receive_queue: int):
+    def __init__(self, endpoint: str, receive_queue: int, curve: CurveKeys | None = None):
         self.endpoint = endpoint
+        check_access(endpoint)
         self.socket = context().socket(zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, receive_queue)
         self.socket.setsockopt(zmq.LINGER, 0)
+        secure(self.socket, endpoint, curve)
         self.socket.connect(endpoint)
         self.lock = threading.RLock()
         self.current: Stream | None = None
@@ -158,7 +166,8 @@ class Channel:
         self.users = 0
 
     @classmethod
-    def acquire(cls, endpoint: str, active: tuple | None = None, receive_queue: int = 4) -> "Channel":
+    def acquire(cls, endpoint: str, active: tuple | None = None, receive_queue: int = 4,
+                curve: CurveKeys | None = None) -> "Channel":
         """The process's channel for `endpoint`. `active` is the (stage, epoch) the daemon reported streaming
         on this rank before the socket connected: a new connection may still get the rest of that stream
         (say, after a trainer process died mid-epoch)."""
@@ -166,7 +175,7 @@ class Channel:
         with cls._registry_lock:
             channel = cls._registry.get(key)
             if channel is None:
-                channel = cls._registry[key] = Channel(endpoint, receive_queue)
+                channel = cls._registry[key] = Channel(endpoint, receive_queue, curve)
                 if active is not None:
                     channel.stale.add(tuple(active))
             channel.users += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ._curve import load_curve
 from ._protocol import BatchError, ProtocolError, decode_tensors, nest, with_file
 from ._transport import Channel, ControlClient, DaemonError, Superseded, data_endpoint, default_control
 from .sampler import SamplerState
@@ -64,13 +65,19 @@ class Loader:
                 this world size
     get_epoch   callable giving the epoch to ask for at each iteration (noisebase's argument)
     timeout     seconds to wait for any reply or batch before raising TimeoutError
+    server_key, client_key
+                CURVE keys for a daemon whose tcp endpoints are secured (README "Trust model"): the daemon's
+                public certificate (its NAME.key from `nb-serve keygen`) and this trainer's secret certificate
+                (NAME.key_secret, whose NAME.key is in the daemon's serve.authorized_keys); a path each, or
+                Z85 bytes (server_key) and a (public, secret) pair of Z85 bytes (client_key)
     **config    noisebase's loader config (optional): with ``data_path`` and ``src`` batches also carry
                 noisebase's ``file`` key; ``src.frames_per_sequence`` and ``batch_size`` make
                 ``batch_sampler.checkpoint`` exact from the first batch
     """
 
     def __init__(self, control: str | None = None, stage: str = "train", rank: int | None = None,
-                 world_size: int | None = None, get_epoch=None, timeout: float = 60.0, **config):
+                 world_size: int | None = None, get_epoch=None, timeout: float = 60.0, server_key=None,
+                 client_key=None, **config):
         self._closed, self._channel, self._control = True, None, None
         unknown = sorted(set(config) - NOISEBASE_CONFIG_KEYS)
         if unknown:
@@ -80,7 +87,8 @@ class Loader:
         self.control = control or default_control()
         self.stage = _stage(stage)
         self.timeout = float(timeout)
-        self._control = ControlClient(self.control, self.timeout)
+        self._curve = load_curve(server_key, client_key)
+        self._control = ControlClient(self.control, self.timeout, self._curve)
         distributed = _distributed()
         if rank is None:
             rank = distributed[0] if distributed else 0
@@ -120,7 +128,7 @@ class Loader:
         self.last_header: dict | None = None
         entry = served[self.rank]
         active = (entry.get("stage"), entry.get("epoch")) if entry.get("active") else None
-        self._channel = Channel.acquire(self.endpoint, active)
+        self._channel = Channel.acquire(self.endpoint, active, curve=self._curve)
 
     # -- noisebase's loader API
 

@@ -41,8 +41,8 @@ class TrainingSampleLoader_v1:
     pin_memory  copy each batch into page-locked memory (only where CUDA is available; noisebase's loader
                 always asks for it)
     device      move each batch there (non-blocking from pinned memory); None keeps it on the CPU
-    rank, world_size, timeout
-                as for ``nbserve.Loader``
+    rank, world_size, timeout, server_key, client_key
+                as for ``nbserve.Loader`` (server_key/client_key: CURVE keys for a daemon's secured tcp endpoints)
     **config    noisebase's loader config may be passed as it is (``TrainingSampleLoader_v1(**cfg, ...)``): the
                 daemon's config decides what is served; ``data_path``/``src`` give noisebase's ``file`` key and
                 ``src.frames_per_sequence``/``batch_size`` the sampler geometry
@@ -53,9 +53,9 @@ class TrainingSampleLoader_v1:
 
     def __init__(self, control: str | None = None, stage: str = "train", get_epoch=None, pin_memory: bool = True,
                  device=None, rank: int | None = None, world_size: int | None = None, timeout: float = 60.0,
-                 **config):
+                 server_key=None, client_key=None, **config):
         self.loader = Loader(control, stage=stage, rank=rank, world_size=world_size, get_epoch=get_epoch,
-                             timeout=timeout, **config)
+                             timeout=timeout, server_key=server_key, client_key=client_key, **config)
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
         self.device = torch.device(device) if device is not None else None
 
