@@ -304,19 +304,38 @@ public final class Daemon {
         for rank in ranks {
             guard let rankStreams = streams[rank] else { continue }
             for stream in rankStreams.byPriority {
-                while let (batch, plan, buffer) = stream.scheduleNext() {
+                if stream.canLookAhead { planLookahead(stream) }
+                while let (id, batch, plan, buffer) = stream.scheduleNext() {
                     for (slot, sequence) in plan.sequences.enumerated() {
                         let task = WorkerTask(
                             id: nextTaskID, bufferOffset: Int64(buffer * layout.byteCount), slot: Int64(slot),
                             sequence: Int64(sequence), frame: Int64(plan.frameIndex), orientation: Int64(plan.orientations[slot]),
                             batchSize: Int64(layout.batchSize))
-                        taskOwners[nextTaskID] = TaskOwner(rank: rank, stage: stream.stage, stream: stream.id, batch: batch, buffer: buffer)
+                        taskOwners[nextTaskID] = TaskOwner(rank: rank, stage: stream.stage, stream: id, batch: batch, buffer: buffer)
                         nextTaskID += 1
                         taskQueue.append(task)
                     }
                 }
             }
         }
+    }
+
+    /// Decodes the next epoch of the stream's stage ahead while the trainer finishes this one (or
+    /// validates), so the first batches of the next epoch are ready the moment it is asked for.
+    /// Before the first request, the training stream decodes the epoch the resume state names (or epoch 0).
+    func planLookahead(_ stream: StageStream) {
+        var epoch = stream.epoch + 1
+        var resume: ResumeState?
+        if stream.phase == .idle {
+            guard stream.stage == .train else { return }
+            epoch = resumeState?.startEpoch ?? 0
+            resume = resumeState?.resumeState
+        }
+        guard epoch <= ControlRequest.maximumIndex,
+              let sampler = try? VideoSampler(config: config, stage: stream.stage, rank: stream.rank, worldSize: worldSize),
+              let plans = try? sampler.batches(epoch: epoch, resume: resume)
+        else { return }
+        stream.lookAhead(id: streamIDs.take(), epoch: epoch, resume: resume, plans: plans)
     }
 
     /// Keeps each worker at most two tasks deep, so work spreads and a slow frame delays little.

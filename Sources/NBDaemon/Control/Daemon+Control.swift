@@ -77,16 +77,12 @@ extension Daemon {
     private func startEpoch(_ request: EpochRequest) throws(ControlError) -> [String: JSONValue] {
         let pair = try rankStreams(request.rank)
         let stream = pair[request.stage]
-        // Tasks no worker has yet of what this stage streamed so far are dropped.
-        taskQueue.removeAll { task in
-            guard let owner = taskOwners[task.id], owner.rank == request.rank, owner.stage == request.stage else { return false }
-            taskOwners.removeValue(forKey: task.id)
-            stream.taskDropped(buffer: owner.buffer)
-            return true
-        }
         var reply: [String: JSONValue] = [
             "rank": .int(Int64(request.rank)), "epoch": .int(Int64(request.epoch)), "stage": .string(request.stage.rawValue),
         ]
+        // Afterwards, tasks no worker has yet of what this stage no longer streams are dropped (an adopted
+        // lookahead's stay: they are the new stream's).
+        defer { dropQueuedTasks(notOwnedBy: stream) }
         if request.continues, stream.phase != .idle, stream.epoch == request.epoch {
             stream.resumeAtConsumed(id: streamIDs.take())
             pair.requested(request.stage)
@@ -110,13 +106,24 @@ extension Daemon {
         } catch {
             throw .refused("cannot plan \(request.stage.rawValue) epoch \(request.epoch) for rank \(request.rank): \(error)")
         }
-        stream.start(id: streamIDs.take(), epoch: request.epoch, resume: resume, plans: plans)
+        let adopted = stream.start(id: streamIDs.take(), epoch: request.epoch, resume: resume, plans: plans)
         pair.requested(request.stage)
-        Self.log("rank \(request.rank): \(request.stage.rawValue) epoch \(request.epoch), \(plans.count) batches\(resume.map { " from sequence \($0.startSequence)" } ?? "") (stream \(stream.id))")
+        Self.log("rank \(request.rank): \(request.stage.rawValue) epoch \(request.epoch), \(plans.count) batches\(resume.map { " from sequence \($0.startSequence)" } ?? "") (stream \(stream.id)\(adopted ? ", decoded ahead" : ""))")
         reply["batches"] = .int(Int64(plans.count))
         reply["stream"] = .int(Int64(stream.id))
         reply["resumed_from"] = resume.map { .object(["start_epoch_idx": .int(Int64($0.startEpoch)), "start_sequence_idx": .int(Int64($0.startSequence))]) } ?? .null
         return reply
+    }
+
+    private func dropQueuedTasks(notOwnedBy stream: StageStream) {
+        taskQueue.removeAll { task in
+            guard let owner = taskOwners[task.id], owner.rank == stream.rank, owner.stage == stream.stage,
+                  !stream.owns(id: owner.stream, batch: owner.batch, buffer: owner.buffer)
+            else { return false }
+            taskOwners.removeValue(forKey: task.id)
+            stream.taskDropped(buffer: owner.buffer)
+            return true
+        }
     }
 
     /// The resume state of what every served rank has consumed: noisebase's
@@ -143,6 +150,7 @@ extension Daemon {
                 "sent": .int(Int64(stream.nextSend)), "consumed": .int(Int64(stream.consumed)),
                 "ready": .int(Int64(stream.readyCount)), "errors": .int(Int64(stream.errorsSent)),
                 "free_buffers": .int(Int64(stream.buffers.free.count)),
+                "ahead": stream.lookahead.map { .object(["epoch": .int(Int64($0.epoch)), "ready": .int(Int64(stream.readyAhead))]) } ?? .null,
             ])
         }
         let rankStatus: [JSONValue] = ranks.compactMap { rank in
