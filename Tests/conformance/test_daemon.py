@@ -663,3 +663,16 @@ def test_stop_fails_when_the_resume_state_cannot_be_written(binary, dataset, dae
             daemon.process.wait(WAIT_S)
         assert daemon.stop() == 1, how
         assert "resume state could not be written" in daemon.log_path.read_text()
+
+
+def test_bench_end_to_end_reports_first_batch_and_epoch_gap(binary, dataset, tmp_path):
+    """`nb-serve bench --json` end to end: the batches asked for, across an epoch boundary, with the timing
+    fields the README's table is made of (their values are measurements, checked only for sanity here)."""
+    config = daemon_config(dataset, tmp_path)
+    per_epoch = len(support.nb_plan(binary, config, epoch=0))
+    result = support.run_ok(binary, "bench", "--config", str(config), "--batches", str(per_epoch + 3), "--workers", "2", "--json")
+    report = json.loads(result.stdout)
+    assert report["batches"] == per_epoch + 3
+    assert report["frames_per_s"] > 0 and report["batch_interval_s"] > 0
+    assert report["epoch_gap_s"] is not None and report["epoch_gap_s"] > 0
+    assert 0 < report["first_batch_after_ready_s"] <= report["first_batch_s"] + 30
