@@ -52,7 +52,11 @@ let package = Package(
         .target(name: "NBTransport", dependencies: ["CZmq", "NBStorage"]),
         // The daemon: worker processes, shared batch memory, rank streams, control, resume state.
         .target(name: "CSystem"),
-        .target(name: "NBDaemon", dependencies: ["NBLoader", "NBTransport", "CSystem"]),
+        // Test builds (debug) compile in the fault hooks the process tests inject (TestHooks.swift).
+        .target(
+            name: "NBDaemon", dependencies: ["NBLoader", "NBStorage", "NBTransport", "CSystem"],
+            swiftSettings: [.define("NB_SERVE_TEST_HOOKS", .when(configuration: .debug))]
+        ),
         .executableTarget(
             name: "NBServeCLI",
             dependencies: [

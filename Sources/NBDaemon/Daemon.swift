@@ -62,6 +62,8 @@ public final class Daemon {
     let context: ZmqContext
     let control: ZmqSocket
     let controlEndpoint: String
+    /// The ZAP handler for CURVE endpoints (nil without CURVE); serviced by the poll loop.
+    let authenticator: ZapResponder?
     var sockets: [Int: ZmqSocket] = [:]
     var endpoints: [Int: String] = [:]
     var streams: [Int: RankStreams] = [:]
@@ -136,14 +138,16 @@ public final class Daemon {
         configMemory = configCopy
 
         context = try ZmqContext(ioThreads: 1)
-        control = try ZmqSocket(.rep, context: context)
+        let security = try EndpointSecurity(config: config)
         controlEndpoint = Self.controlEndpoint(config)
-        try Self.prepareIPC(controlEndpoint)
+        try security.check(control: controlEndpoint, dataTemplate: config.serve.endpoint, ranks: ranks)
+        authenticator = try security.makeAuthenticator(context: context)
+        control = try ZmqSocket(.rep, context: context)
         // libzmq drops a peer that sends more than this before anything reaches the loop; requests up to it
         // that are still too long are refused with a reply (ControlRequest.maximumByteCount).
         try control.set(.maximumMessageSize, Int64(1 << 20))
-        try control.bind(controlEndpoint)
-        if let path = Self.ipcPath(controlEndpoint) { chmod(path, mode_t(config.serve.controlMode)) }
+        try security.bind(control, to: controlEndpoint, isControl: true)
+        Self.log("trust: " + security.summary)
         for rank in ranks {
             guard let endpoint = EndpointTemplate.render(config.serve.endpoint, rank: rank) else {
                 throw ConfigError(file: config.file, key: "serve.endpoint", reason: "'\(config.serve.endpoint)' has a placeholder other than {rank} or {N+rank}")
@@ -151,8 +155,7 @@ public final class Daemon {
             let socket = try ZmqSocket(.push, context: context)
             try socket.set(.sendHighWaterMark, Int32(config.serve.prefetch))
             try socket.set(.linger, 2000)
-            try Self.prepareIPC(endpoint)
-            try socket.bind(endpoint)
+            try security.bind(socket, to: endpoint, isControl: false)
             sockets[rank] = socket
             endpoints[rank] = endpoint
         }
@@ -210,14 +213,6 @@ public final class Daemon {
         endpoint.hasPrefix("ipc://") ? String(endpoint.dropFirst(6)) : nil
     }
 
-    /// Creates an ipc socket's directory and removes a stale socket file a killed daemon left behind.
-    static func prepareIPC(_ endpoint: String) throws {
-        guard let path = ipcPath(endpoint) else { return }
-        let directory = (path as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        unlink(path)
-    }
-
     static func autoResumePath(_ config: LoaderConfig) -> String? {
         guard config.serve.resume == "auto", let directory = config.serve.stateDirectory else { return nil }
         let path = directory + "/" + ResumeStateFile.fileName
@@ -259,6 +254,7 @@ public final class Daemon {
         dispatch()
         let poller = ZmqPoller()
         let controlToken = poller.add(control, events: .readable)
+        let zapToken = authenticator.map { poller.add($0.socket, events: .readable) }
         let signalToken = poller.add(fileDescriptor: signalPipe[0], events: .readable)
         let releaseToken = poller.add(fileDescriptor: releasePipe[0], events: .readable)
         var workerTokens: [(ZmqPoller.Token, Int)] = []
@@ -278,6 +274,7 @@ public final class Daemon {
         let ready = try poller.poll(timeout: timeout)
         if !ready[signalToken].isEmpty { drainSignals() }
         if !ready[releaseToken].isEmpty { drainReleases() }
+        if let zapToken, ready[zapToken].contains(.readable) { try authenticator?.answerPending() }
         if ready[controlToken].contains(.readable) { try handleControl() }
         for (token, index) in workerTokens.reversed() where !ready[token].isEmpty {
             collect(workerIndex: index)
@@ -307,19 +304,38 @@ public final class Daemon {
         for rank in ranks {
             guard let rankStreams = streams[rank] else { continue }
             for stream in rankStreams.byPriority {
-                while let (batch, plan, buffer) = stream.scheduleNext() {
+                if stream.canLookAhead { planLookahead(stream) }
+                while let (id, batch, plan, buffer) = stream.scheduleNext() {
                     for (slot, sequence) in plan.sequences.enumerated() {
                         let task = WorkerTask(
                             id: nextTaskID, bufferOffset: Int64(buffer * layout.byteCount), slot: Int64(slot),
                             sequence: Int64(sequence), frame: Int64(plan.frameIndex), orientation: Int64(plan.orientations[slot]),
                             batchSize: Int64(layout.batchSize))
-                        taskOwners[nextTaskID] = TaskOwner(rank: rank, stage: stream.stage, stream: stream.id, batch: batch, buffer: buffer)
+                        taskOwners[nextTaskID] = TaskOwner(rank: rank, stage: stream.stage, stream: id, batch: batch, buffer: buffer)
                         nextTaskID += 1
                         taskQueue.append(task)
                     }
                 }
             }
         }
+    }
+
+    /// Decodes the next epoch of the stream's stage ahead while the trainer finishes this one (or
+    /// validates), so the first batches of the next epoch are ready the moment it is asked for.
+    /// Before the first request, the training stream decodes the epoch the resume state names (or epoch 0).
+    func planLookahead(_ stream: StageStream) {
+        var epoch = stream.epoch + 1
+        var resume: ResumeState?
+        if stream.phase == .idle {
+            guard stream.stage == .train else { return }
+            epoch = resumeState?.startEpoch ?? 0
+            resume = resumeState?.resumeState
+        }
+        guard epoch <= ControlRequest.maximumIndex,
+              let sampler = try? VideoSampler(config: config, stage: stream.stage, rank: stream.rank, worldSize: worldSize),
+              let plans = try? sampler.batches(epoch: epoch, resume: resume)
+        else { return }
+        stream.lookAhead(id: streamIDs.take(), epoch: epoch, resume: resume, plans: plans)
     }
 
     /// Keeps each worker at most two tasks deep, so work spreads and a slow frame delays little.
@@ -345,37 +361,8 @@ public final class Daemon {
 
     func collect(workerIndex index: Int) {
         guard case .running(let worker) = workers.slots[index] else { return }
-        guard let results = worker.receive() else {
-            // End of file: the worker died. Its unfinished tasks go back to the front of the queue and are
-            // decoded again into the same slots (the stream is unchanged) — unless workers keep dying on one:
-            // then its batch goes out as an `error` naming the file, and the stream goes on.
-            let lost = workers.died(index)
-            var requeued = 0, failed = 0
-            defer { Self.log("\(lost.count) unfinished tasks of the dead worker: \(requeued) requeued, \(failed) failed after repeated deaths") }
-            for task in lost.reversed() {
-                guard let owner = taskOwners[task.id], let stream = streams[owner.rank]?[owner.stage] else { continue }
-                guard stream.owns(id: owner.stream, batch: owner.batch, buffer: owner.buffer) else {
-                    taskOwners.removeValue(forKey: task.id)
-                    stream.taskDropped(buffer: owner.buffer)
-                    continue
-                }
-                let count = deaths[task.id, default: 0] + 1
-                deaths[task.id] = count
-                if count < Self.deathsPerTask {
-                    taskQueue.insert(task, at: 0)
-                    requeued += 1
-                } else {
-                    failed += 1
-                    deaths.removeValue(forKey: task.id)
-                    let report = ErrorReport(
-                        file: config.sequencePath(Int(task.sequence)), array: "", chunk: "",
-                        reason: "\(count) workers died decoding frame \(task.frame) of sequence \(task.sequence) from this file")
-                    finish(task.id, report: report)
-                }
-            }
-            return
-        }
-        for result in results {
+        let received = worker.receive()
+        for result in received.results {
             workers.completed()
             deaths.removeValue(forKey: result.id)
             var report: ErrorReport?
@@ -384,6 +371,37 @@ public final class Daemon {
                     ?? ErrorReport(file: "", array: "", chunk: "", reason: result.error)
             }
             finish(result.id, report: report)
+        }
+        guard received.ended else { return }
+        // The worker died. Its unfinished tasks go back to the front of the queue and are decoded again into
+        // the same slots (the stream is unchanged) — unless workers keep dying on one: then its batch goes out
+        // as an `error` naming the file, and the stream goes on.
+        let lost = workers.died(index)
+        var requeued = 0, failed = 0
+        defer { Self.log("\(lost.count) unfinished tasks of the dead worker: \(requeued) requeued, \(failed) failed after repeated deaths") }
+        // A worker decodes its tasks in order: the oldest unanswered one was being decoded when it died. Only
+        // that one is counted against; the others merely waited in its pipe.
+        let culprit = lost.first?.id
+        for task in lost.reversed() {
+            guard let owner = taskOwners[task.id], let stream = streams[owner.rank]?[owner.stage] else { continue }
+            guard stream.owns(id: owner.stream, batch: owner.batch, buffer: owner.buffer) else {
+                taskOwners.removeValue(forKey: task.id)
+                stream.taskDropped(buffer: owner.buffer)
+                continue
+            }
+            let count = deaths[task.id, default: 0] + (task.id == culprit ? 1 : 0)
+            deaths[task.id] = count
+            if count < Self.deathsPerTask {
+                taskQueue.insert(task, at: 0)
+                requeued += 1
+            } else {
+                failed += 1
+                deaths.removeValue(forKey: task.id)
+                let report = ErrorReport(
+                    file: config.sequencePath(Int(task.sequence)), array: "", chunk: "",
+                    reason: "\(count) workers died decoding frame \(task.frame) of sequence \(task.sequence) from this file")
+                finish(task.id, report: report)
+            }
         }
     }
 
@@ -487,6 +505,7 @@ public final class Daemon {
         workers.stop(deadline: deadline)
         for socket in sockets.values { socket.close() }
         control.close()
+        authenticator?.close()
         // Terminating the context releases every frame still queued; only then may the memory go.
         context.close()
         for endpoint in [controlEndpoint] + Array(endpoints.values) {

@@ -54,7 +54,7 @@ public struct ResumeStateFile: Codable, Sendable, Equatable {
             unlink(temporary)
             throw SystemError(call: "write(\(temporary))", errno: code)
         }
-        if ProcessInfo.processInfo.environment["NB_SERVE_TEST_CRASH_BEFORE_RENAME"] == "1" {
+        if TestHooks.crashBeforeRename {
             // Test hook: die at the worst moment, after the new file is complete but before it replaces
             // the old one; the old state must survive.
             kill(getpid(), SIGKILL)

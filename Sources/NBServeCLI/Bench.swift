@@ -12,7 +12,10 @@ extension NBServe {
             discussion: """
                 By default starts the daemon (with --workers worker processes), pulls --batches batches of \
                 the train plan over the real rank-0 socket, and reports frames/s, MB/s, CPU seconds per frame \
-                (daemon and workers), time to the first batch and peak RSS (daemon + workers). \
+                (daemon and workers), time to the first batch (from the daemon's start, and from the request \
+                once the daemon has decoded ahead, as for a trainer that asks after building its model), the \
+                gap between the last batch of an epoch and the first of the next (asked for at once) against \
+                the median interval between batches, and peak RSS (daemon + workers). \
                 --decode-only decodes and augments frames in one thread, following the plan, then measures \
                 the floor on the same frames: decompressing the chunks they need and writing the output once; \
                 --rounds times, alternating, reporting each one's fastest round; --orientation times one \
@@ -92,13 +95,17 @@ extension NBServe {
             var frames = 0
             var bytes = 0
             var peakRSS = 0.0
+            var arrivals: [(epoch: Int, time: Date)] = []
+            var requested = Date()
             do {
                 try client.waitUntilReady(timeout: 60, daemon: daemon.pid)
-                let requested = Date()
+                try waitForLookahead(client)
+                requested = Date()
                 var epoch = loader.epoch
                 while received < batches {
                     let count = try client.consume(rank: 0, stage: "train", epoch: epoch) { message in
                         guard case .batch(let header) = message.header else { return true }
+                        arrivals.append((header.epoch, Date()))
                         received += 1
                         if firstBatch == nil {
                             firstBatch = Date()
@@ -118,7 +125,6 @@ extension NBServe {
                 if let status = try? client.request(["cmd": "status"], timeout: 5) {
                     peakRSS = max(peakRSS, (status["rss_mb"] as? NSNumber)?.doubleValue ?? 0)
                 }
-                firstBatch = firstBatch.map { max($0, requested) }
             } catch {
                 _ = daemon.stop(client: client)
                 printError("error: \(error)")
@@ -131,12 +137,17 @@ extension NBServe {
             // Throughput counts from the first batch on, so start-up is reported separately.
             let seconds = max(last.timeIntervalSince(firstBatch ?? start), 1e-9)
             let totalFrames = max(frames, 1)
+            let timing = BatchTiming(arrivals)
+            let firstAfterReady = arrivals.first.map { $0.time.timeIntervalSince(requested) } ?? 0
             let result: JSONValue = .object([
                 "batches": .int(Int64(received)),
                 "frames_per_s": .double(Double(frames) / seconds),
                 "mb_per_s": .double(Double(bytes) / 1e6 / seconds),
                 "cpu_s_per_frame": .double(cpu / Double(totalFrames)),
                 "first_batch_s": .double((firstBatch ?? start).timeIntervalSince(start)),
+                "first_batch_after_ready_s": .double(firstAfterReady),
+                "batch_interval_s": .double(timing.medianInterval),
+                "epoch_gap_s": timing.largestGap.map { .double($0) } ?? .null,
                 "peak_rss_mb": .double(peakRSS),
                 "workers": .int(Int64(workers ?? -1)),
             ])
@@ -146,11 +157,49 @@ extension NBServe {
                 print(String(format: "end to end: %d batches, %.1f frames/s, %.1f MB/s, %.4f CPU s/frame, first batch after %.2f s, peak RSS %.0f MiB",
                              received, Double(frames) / seconds, Double(bytes) / 1e6 / seconds, cpu / Double(totalFrames),
                              (firstBatch ?? start).timeIntervalSince(start), peakRSS))
+                print(String(format: "first batch %.3f s after the request (daemon ready, decoded ahead); batch interval %.4f s (median)%@",
+                             firstAfterReady, timing.medianInterval,
+                             timing.largestGap.map { String(format: ", largest gap between epochs %.4f s", $0) } ?? ", no epoch boundary crossed"))
             }
             if !exitStatus.isClean {
                 printError("error: the daemon \(exitStatus)")
                 throw ExitCode.failure
             }
         }
+
+        /// Waits (bounded) until the daemon reports the first batch of its training lookahead decoded, as a
+        /// trainer that asks after building its model finds it.
+        private func waitForLookahead(_ client: DaemonClient) throws {
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline {
+                guard let status = try client.request(["cmd": "status"], timeout: 5),
+                      let rank = (status["ranks"] as? [[String: Any]])?.first, let train = rank["train"] as? [String: Any]
+                else { return }
+                if let ahead = train["ahead"] as? [String: Any], (ahead["ready"] as? Int ?? 0) > 0 { return }
+                // A bounded pause between two status requests, so the wait does not spin the daemon's loop.
+                _ = poll(nil, 0, 20)
+            }
+        }
+    }
+}
+
+/// When batches arrived: the median interval between consecutive batches of an epoch, and the largest gap
+/// between the last batch of an epoch and the first of the next.
+struct BatchTiming {
+    var medianInterval: Double = 0
+    var largestGap: Double?
+
+    init(_ arrivals: [(epoch: Int, time: Date)]) {
+        var intervals: [Double] = []
+        for (previous, next) in zip(arrivals, arrivals.dropFirst()) {
+            let seconds = next.time.timeIntervalSince(previous.time)
+            if previous.epoch == next.epoch {
+                intervals.append(seconds)
+            } else {
+                largestGap = max(largestGap ?? 0, seconds)
+            }
+        }
+        intervals.sort()
+        if !intervals.isEmpty { medianInterval = intervals[intervals.count / 2] }
     }
 }

@@ -13,7 +13,9 @@ extension NBServe {
                 status: epoch and batch per rank (produced, sent, consumed), queue depths, frames/s, bytes/s, \
                 workers, errors, memory. checkpoint: write the resume state to serve.state_dir (prints path \
                 and state). stop: shut down cleanly. Without --control or --config the default control \
-                endpoint is used. Exit status 1 when the daemon does not answer within --timeout.
+                endpoint is used. A daemon whose tcp endpoints use CURVE needs --server-key (its public \
+                certificate) and --client-key (an authorised key pair). Exit status 1 when the daemon does not \
+                answer within --timeout.
                 """
         )
 
@@ -36,6 +38,8 @@ extension NBServe {
         @Option(help: "Seconds to wait for the daemon.")
         var timeout = 5.0
 
+        @OptionGroup var curve: CurveClientOptions
+
         func run() throws {
             let endpoint: String
             if let control {
@@ -50,7 +54,8 @@ extension NBServe {
             }
             let reply: [String: Any]
             do {
-                reply = try ControlClient(endpoint: endpoint, timeout: timeout).request(["cmd": action.rawValue])
+                let keys = try curve.load()
+                reply = try ControlClient(endpoint: endpoint, timeout: timeout, curve: keys).request(["cmd": action.rawValue])
             } catch {
                 printError("error: \(error)")
                 throw ExitCode.failure
@@ -70,6 +75,7 @@ extension NBServe {
 struct ControlClient {
     let endpoint: String
     let timeout: Double
+    var curve: ClientCurve?
 
     func request(_ body: [String: Any]) throws -> [String: Any] {
         let context = try ZmqContext(ioThreads: 1)
@@ -77,11 +83,14 @@ struct ControlClient {
         let socket = try ZmqSocket(.req, context: context)
         defer { socket.close() }
         try socket.set(.linger, 0)
+        try curve?.apply(to: socket, endpoint: endpoint)
+        try checkIPCAccess(endpoint)
         try socket.connect(endpoint)
         let data = try JSONSerialization.data(withJSONObject: body)
         _ = try socket.send([Array(data)])
         guard let frames = try socket.receiveMultipart(timeout: .milliseconds(Int(timeout * 1000))), let first = frames.first else {
-            throw DaemonError("no answer from \(endpoint) within \(timeout) s (is nb-serve run running?)")
+            let hint = endpoint.hasPrefix("tcp://") && curve == nil ? "; if its tcp endpoints use CURVE, give --server-key and --client-key" : ""
+            throw DaemonError("no answer from \(endpoint) within \(timeout) s (is nb-serve run running?\(hint))")
         }
         guard let reply = try JSONSerialization.jsonObject(with: Data(first)) as? [String: Any] else {
             throw DaemonError("\(endpoint) answered something other than a JSON object")

@@ -11,7 +11,7 @@ struct NBServe: ParsableCommand {
             nb-serve reads Noisebase training sequences (Zarr v2 groups in ZIP files) natively and serves \
             them to PyTorch trainers. Run `nb-serve help <command>` for a command's options.
             """,
-        subcommands: [Demo.self, Run.self, Ctl.self, Inspect.self, Plan.self, Dump.self, Bench.self, Worker.self]
+        subcommands: [Demo.self, Run.self, Ctl.self, Inspect.self, Plan.self, Dump.self, Bench.self, Keygen.self, Worker.self]
     )
 
     /// ArgumentParser exits 64 (EX_USAGE) on a command-line error; nb-serve documents 2 for every

@@ -41,8 +41,8 @@ final class StageStreamTests: XCTestCase {
     }
 
     /// Decodes `batch` completely (every task of it answered).
-    private func complete(_ stream: StageStream, _ scheduled: (batch: Int, plan: BatchPlan, buffer: Int), failure: ErrorReport? = nil) {
-        for _ in scheduled.plan.sequences { stream.taskFinished(id: stream.id, batch: scheduled.batch, buffer: scheduled.buffer, failure: failure) }
+    private func complete(_ stream: StageStream, _ scheduled: (id: Int, batch: Int, plan: BatchPlan, buffer: Int), failure: ErrorReport? = nil) {
+        for _ in scheduled.plan.sequences { stream.taskFinished(id: scheduled.id, batch: scheduled.batch, buffer: scheduled.buffer, failure: failure) }
     }
 
     func testAStreamGoesOutInOrderAndEndsOnce() throws {
@@ -109,6 +109,45 @@ final class StageStreamTests: XCTestCase {
         for _ in b.plan.sequences { stream.taskFinished(id: 1, batch: b.batch, buffer: b.buffer, failure: nil) }
         XCTAssertTrue(stream.buffers.free.contains(b.buffer), "free once the stale task answered")
         XCTAssertEqual(stream.assemblies[1]?.remaining, 2, "stale answers never count for the new stream")
+    }
+
+    func testTheNextEpochIsDecodedAheadAndAdoptedOnlyWhenAskedForExactly() throws {
+        let stream = StageStream(rank: 0, stage: .train, buffers: [0, 1, 2])
+        stream.start(id: 1, epoch: 2, resume: nil, plans: plans(1))
+        let only = try XCTUnwrap(stream.scheduleNext())
+        XCTAssertTrue(stream.canLookAhead, "every batch of the epoch is scheduled and buffers are free")
+        let next = plans(3)
+        stream.lookAhead(id: 9, epoch: 3, resume: nil, plans: next)
+        let ahead = try XCTUnwrap(stream.scheduleNext())
+        XCTAssertEqual(ahead.id, 9)
+        XCTAssertEqual(ahead.batch, 0)
+        let ahead2 = try XCTUnwrap(stream.scheduleNext())
+        XCTAssertNil(stream.scheduleNext(), "three buffers: one for the current batch, two ahead")
+        complete(stream, only)
+        for _ in ahead.plan.sequences { stream.taskFinished(id: 9, batch: 0, buffer: ahead.buffer, failure: nil) }
+        XCTAssertEqual(stream.readyAhead, 1)
+        XCTAssertEqual(stream.next, .batch(batch: 0, plan: only.plan, buffer: only.buffer), "the lookahead never goes out early")
+
+        // Another epoch than the one decoded ahead: the lookahead is dropped.
+        let other = StageStream(rank: 0, stage: .train, buffers: [0, 1])
+        other.start(id: 1, epoch: 2, resume: nil, plans: [])
+        other.lookAhead(id: 4, epoch: 3, resume: nil, plans: next)
+        let wasted = try XCTUnwrap(other.scheduleNext())
+        XCTAssertFalse(other.start(id: 5, epoch: 3, resume: ResumeState(startEpoch: 3, startSequence: 2), plans: next))
+        XCTAssertEqual(other.id, 5)
+        XCTAssertNil(other.lookahead)
+        XCTAssertFalse(other.buffers.free.contains(wasted.buffer), "its task is still decoding")
+        for _ in wasted.plan.sequences { other.taskFinished(id: 4, batch: 0, buffer: wasted.buffer, failure: nil) }
+        XCTAssertEqual(other.buffers.free.sorted(), [0, 1])
+
+        // Exactly the epoch decoded ahead: adopted, under the lookahead's id, with its ready batch.
+        stream.sent(stream.next!)
+        stream.sent(stream.next!)
+        XCTAssertTrue(stream.start(id: 10, epoch: 3, resume: nil, plans: next))
+        XCTAssertEqual(stream.id, 9)
+        XCTAssertEqual(stream.next, .batch(batch: 0, plan: next[0], buffer: ahead.buffer))
+        XCTAssertTrue(stream.owns(id: 9, batch: 1, buffer: ahead2.buffer))
+        XCTAssertEqual(stream.nextSchedule, 2)
     }
 
     func testAnEmptyEpochOnlyEnds() {

@@ -73,6 +73,38 @@ final class ConfigTests: XCTestCase {
         assertError("data_path: x", key: "src", "missing")
     }
 
+    func testTrustKeys() throws {
+        let config = try parse(source + """
+
+            serve:
+              socket_mode: 0660
+              control_mode: "0600"
+              socket_group: trainers
+              secret_key_file: /etc/nb-serve/server.key_secret
+              authorized_keys: /etc/nb-serve/clients
+              allow_unauthenticated_network: false
+            """)
+        XCTAssertEqual(config.serve.socketMode, 0o660)
+        XCTAssertEqual(config.serve.controlMode, 0o600)
+        XCTAssertEqual(config.serve.socketGroup, "trainers")
+        XCTAssertEqual(config.serve.secretKeyFile, "/etc/nb-serve/server.key_secret")
+        XCTAssertEqual(config.serve.authorizedKeys, "/etc/nb-serve/clients")
+        XCTAssertFalse(config.serve.allowUnauthenticatedNetwork)
+        let defaults = try parse(source)
+        XCTAssertEqual(defaults.serve.socketMode, 0o600)
+        XCTAssertNil(defaults.serve.controlMode)
+        XCTAssertNil(defaults.serve.secretKeyFile)
+
+        assertError(source + "\nserve: {socket_mode: \"0999\"}", key: "serve.socket_mode", "not an octal file mode")
+        assertError(source + "\nserve: {socket_mode: [1]}", key: "serve.socket_mode", "must be a string")
+        assertError(source + "\nserve: {socket_group: \"\"}", key: "serve.socket_group", "is empty")
+        assertError(source + "\nserve: {allow_unauthenticated_network: 1}", key: "serve.allow_unauthenticated_network", "must be true or false")
+        assertError(source + "\nserve: {allow_unauthenticated_network: yes please}", key: "serve.allow_unauthenticated_network", "must be true or false")
+        assertError(source + "\nserve: {authorized_keys: /x}", key: "serve.authorized_keys", "needs serve.secret_key_file")
+        assertError(source + "\nserve: {secret_key_file: /x}", key: "serve.secret_key_file", "needs serve.authorized_keys")
+        assertError(source + "\nserve: {secret_key: /x}", key: "serve.secret_key", "unknown key")
+    }
+
     func testBatchSizeMustDivideByWorldSize() throws {
         let config = try parse(source + "\nbatch_size: 4")
         XCTAssertThrowsError(try VideoSampler(config: config, stage: .train, rank: 0, worldSize: 3)) { error in

@@ -128,10 +128,11 @@ final class WireProtocolTests: XCTestCase {
         XCTAssertTrue(error["chunk"] is NSNull)
         XCTAssertEqual(error["reason"] as? String, "line one\nline two\ttab \\ backslash \u{1}")
         let end = try XCTUnwrap(messages[2]["header"] as? [String: Any])
-        XCTAssertEqual(end as NSDictionary, ["v": 1, "type": "end", "stage": "train", "epoch": 3, "batches": 1] as NSDictionary)
+        XCTAssertEqual(end as NSDictionary, ["v": 1, "type": "end", "stream": 7, "stage": "train", "epoch": 3, "batches": 1] as NSDictionary)
     }
 
-    /// The Python reader printed in docs/protocol.md, run as it is against a Swift-sent epoch.
+    /// The Python reader printed in docs/protocol.md, run as it is against a Swift-sent epoch with stale
+    /// messages (older streams) and the other stage's messages mixed in, as a daemon can send them.
     func testTheDocumentedReaderReadsASwiftStream() throws {
         let documentURL = URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -139,7 +140,7 @@ final class WireProtocolTests: XCTestCase {
         let document = try String(contentsOf: documentURL, encoding: .utf8)
         let blocks = document.components(separatedBy: "```python\n").dropFirst().map { $0.components(separatedBy: "```")[0] }
         let reader = try XCTUnwrap(blocks.first)
-        XCTAssertLessThanOrEqual(reader.split(separator: "\n", omittingEmptySubsequences: false).count, 18)
+        XCTAssertLessThanOrEqual(reader.split(separator: "\n", omittingEmptySubsequences: false).count, 40)
 
         let (header, payloads, _) = Self.sampleBatch()
         let directory = try PythonOracle.temporaryDirectory(self)
@@ -152,25 +153,38 @@ final class WireProtocolTests: XCTestCase {
             socket = zmq.Context.instance().socket(zmq.PULL)
             socket.setsockopt(zmq.RCVTIMEO, 20000)
             socket.connect(sys.argv[1])
-            for header, tensors in read_epoch(socket):
+            reader = Reader(socket)
+            reader.started("train", {"stream": 7})
+            reader.started("val", {"stream": 9})
+            for header, tensors in reader.read_epoch("train"):
                 print(header["batch"], " ".join(f"{k}:{v.dtype.str}:{list(v.shape)}:{v.tobytes().hex()}" for k, v in tensors.items()))
             print("end")
+            for header, tensors in reader.read_epoch("val"):
+                print("val", header["batch"])
+            print("val end")
             """, arguments: [try push.lastEndpoint])
 
-        for batch in 0..<2 {
+        func batch(_ index: Int, stream: Int = 7, stage: WireProtocol.Stage = .train) throws -> [[UInt8]] {
             var next = header
-            next.batch = batch
-            XCTAssertTrue(try push.send(WireProtocol.encode(.init(header: .batch(next), payloads: payloads))))
+            (next.batch, next.stream, next.stage) = (index, stream, stage)
+            return try WireProtocol.encode(.init(header: .batch(next), payloads: payloads))
         }
+        XCTAssertTrue(try push.send(batch(99, stream: 6)))           // an abandoned train stream: dropped
+        XCTAssertTrue(try push.send(batch(0, stream: 9, stage: .val))) // the val stream: kept aside
+        XCTAssertTrue(try push.send(batch(0)))
+        XCTAssertTrue(try push.send(batch(5, stream: 8, stage: .val))) // an abandoned val stream: dropped
+        XCTAssertTrue(try push.send(batch(1)))
         let failure = WireProtocol.ErrorHeader(stream: 7, stage: .train, epoch: 3, batch: 2, file: "a.zip", array: "color", chunk: "color/0.0", reason: "bad")
         XCTAssertTrue(try push.send(WireProtocol.encode(.init(header: .error(failure)))))
+        XCTAssertTrue(try push.send(WireProtocol.encode(.init(header: .end(.init(stream: 6, stage: .train, epoch: 3, batches: 1))))))
         XCTAssertTrue(try push.send(WireProtocol.encode(.init(header: .end(.init(stream: 7, stage: .train, epoch: 3, batches: 2))))))
+        XCTAssertTrue(try push.send(WireProtocol.encode(.init(header: .end(.init(stream: 9, stage: .val, epoch: 3, batches: 1))))))
 
         let tensorLine = zip(header.tensors, payloads).map { spec, bytes in
             let shape = "[" + spec.shape.map(String.init).joined(separator: ", ") + "]"
             return "\(spec.name):\(spec.dataType.littleEndianTypestr):\(shape):" + bytes.map { String(format: "%02x", $0) }.joined()
         }.joined(separator: " ")
-        XCTAssertEqual(try peer.finish(), "0 \(tensorLine)\n1 \(tensorLine)\nend\n")
+        XCTAssertEqual(try peer.finish(), "0 \(tensorLine)\n1 \(tensorLine)\nend\nval 0\nval end\n")
     }
 
     func testPythonEncodedBatchPassesTheSwiftDecoder() throws {

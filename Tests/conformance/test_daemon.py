@@ -83,6 +83,7 @@ class Daemon(daemon_support.DaemonProcess):
             request["continue"] = True
         reply = self.request(request)
         assert reply["ok"], reply
+        self.last_stream = reply["stream"]
         received = []
         while stop_after is None or len(received) < stop_after:
             if not socket.poll(WAIT_S * 1000):
@@ -307,7 +308,7 @@ def test_checkpoint_survives_a_crash_during_the_write(binary, dataset, daemons, 
     daemon.stop()
     before = Path(first["path"]).read_text()
 
-    crashing = daemons(binary, config, env={"NB_SERVE_TEST_CRASH_BEFORE_RENAME": "1"})
+    crashing = daemons(binary, config, env={"NB_SERVE_TEST_FAULT": "crash-before-rename"})
     crashing.epoch(0, 1, stop_after=2 * frames)
     with pytest.raises(TimeoutError):
         crashing.request({"cmd": "checkpoint"}, timeout_s=3)
@@ -447,3 +448,231 @@ def test_memory_stays_bounded_over_epochs(binary, dataset, daemons, tmp_path):
         daemon.epoch(0, epoch)
     after_third = daemon.request({"cmd": "status"})["rss_mb"]
     assert after_third < after_first * 1.2 + 8, (after_first, after_third)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Strict control requests, streams per (rank, stage), faults in the daemon itself
+
+
+def documented_reader():
+    """The `Reader` class of docs/protocol.md section 4, run exactly as printed."""
+    document = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    code = document.split("```python\n")[1].split("```")[0]
+    namespace: dict = {}
+    exec(compile(code, "docs/protocol.md", "exec"), namespace)
+    return namespace["Reader"]
+
+
+def raw_request(control: str, payload: bytes, timeout_s: float = WAIT_S) -> dict | None:
+    """Sends `payload` as it is (not necessarily JSON); the reply, or None when none comes in time."""
+    socket = zmq.Context.instance().socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(control)
+    try:
+        socket.send(payload)
+        if not socket.poll(int(timeout_s * 1000)):
+            return None
+        return socket.recv_json()
+    finally:
+        socket.close()
+
+
+def test_bad_control_requests_are_refused_by_name_and_never_crash_the_daemon(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path)
+    raw = yaml.safe_load(open(config))
+    raw.update(shuffle=False, flip_rotate=False)
+    config = support.write_config(config, raw)
+    daemon = daemons(binary, config)
+    base = {"cmd": "epoch", "rank": 0, "stage": "train"}
+    refusals = [
+        ({**base, "epoch": 2**63 - 1}, '"epoch" 9223372036854775807 is out of range'),
+        ({**base, "epoch": 2**64}, '"epoch" 18446744073709551616 is out of range'),
+        ({**base, "epoch": -1}, '"epoch" -1 is out of range'),
+        ({**base, "epoch": True}, '"epoch" must be a JSON integer, not a bool'),
+        ({**base, "epoch": 1.5}, '"epoch" must be a JSON integer'),
+        ({**base, "epoch": 1.0}, '"epoch" must be a JSON integer'),
+        ({"cmd": "epoch", "rank": False, "stage": "train", "epoch": 0}, '"rank" must be a JSON integer, not a bool'),
+        ({"cmd": "epoch", "rank": 2**64, "stage": "train", "epoch": 0}, '"rank" 18446744073709551616 is out of range'),
+        ({"cmd": "epoch", "rank": 7, "stage": "train", "epoch": 0}, "rank 7 is not served here"),
+        ({**base, "stage": 3, "epoch": 0}, '"stage" must be a string'),
+        ({**base, "epoch": 0, "state": {"start_epoch_idx": 0, "start_sequence_idx": -1}}, '"start_sequence_idx" -1 is out of range'),
+        ({**base, "epoch": 0, "rewind": True}, 'unknown key "rewind" in a "epoch" request'),
+        ({"cmd": "ack", "rank": 0, "stage": "test", "epoch": 0, "batches": 1}, '"stage" "test" is not train, val or validation'),
+        ({"cmd": "ack", "rank": 0, "stage": "val", "epoch": 0, "batches": 1}, "rank 0 has no val stream to acknowledge"),
+        ({"cmd": "checkpoint", "dir": str(tmp_path / "elsewhere")}, 'unknown key "dir" in a "checkpoint" request'),
+        ({"cmd": "shutdown"}, 'unknown command "shutdown"'),
+    ]
+    for request, expected in refusals:
+        reply = daemon.request(request)
+        assert reply["ok"] is False and expected in reply["error"], (request, reply)
+    assert not (tmp_path / "elsewhere").exists(), "checkpoint wrote outside serve.state_dir"
+    # Not JSON, and too long: refused without echoing the request (or Foundation's wording).
+    for payload, expected in [(b"\xff{not json", "not valid JSON"), (b'{"cmd":"status","x":"' + b"y" * 200_000 + b'"}', "requests are at most 65536 bytes")]:
+        reply = raw_request(daemon.control, payload)
+        assert reply == {"ok": False, "error": reply["error"]} and expected in reply["error"], reply
+        assert "yyyy" not in reply["error"]
+    # A 100 MB request never reaches the loop: libzmq drops that peer, and the daemon answers the next one at once.
+    started = time.monotonic()
+    assert raw_request(daemon.control, b"{" + b" " * 100_000_000 + b"}", timeout_s=2) is None
+    assert daemon.request({"cmd": "status"}, timeout_s=5)["ok"]
+    assert time.monotonic() - started < 15
+    # The sequence that used to trap on overflow: the largest epoch a request may name, acknowledged, then status.
+    largest = 2**31 - 1
+    reply = daemon.request({**base, "epoch": largest})
+    assert reply["ok"], reply
+    received, end = daemon.epoch(0, largest, stop_after=1)
+    status = daemon.request({"cmd": "status"})
+    assert status["ok"] and status["ranks"][0]["train"]["epoch"] == largest
+    # noisebase's meaning of a start position beyond the epoch: the slice is empty, the epoch has no batches.
+    _, end = daemon.epoch(0, 0, state={"start_epoch_idx": 0, "start_sequence_idx": 10**6})
+    assert end["batches"] == 0
+    assert daemon.stop() == 0
+
+
+def test_reconnecting_trainer_gets_no_stale_batch(binary, dataset, daemons, tmp_path):
+    """Messages queued for a trainer's old connection carry the old stream id; the documented reader drops
+    them, so a continued stream is exactly the unacknowledged rest of the epoch."""
+    Reader = documented_reader()
+    config = daemon_config(dataset, tmp_path, prefetch=4)
+    reference = daemons(binary, daemon_config(dataset, tmp_path / "reference")).epoch(0, 0)[0]
+    daemon = daemons(binary, config)
+    first, _ = daemon.epoch(0, 0, stop_after=2)
+    daemon.reconnect(0)
+    socket = daemon.pull(0)
+    raw_streams = []
+    reader = Reader(socket)
+    reply = daemon.request({"cmd": "epoch", "rank": 0, "stage": "train", "epoch": 0, "continue": True})
+    assert reply["ok"] and reply["continues_at"] == 2 and reply["stream"] != daemon.last_stream
+    reader.started("train", reply)
+    original = socket.recv_multipart
+
+    def recording(*args, **kwargs):
+        frames = original(*args, **kwargs)
+        raw_streams.append(json.loads(bytes(frames[0].buffer))["stream"])
+        return frames
+
+    socket.recv_multipart = recording
+    socket.setsockopt(zmq.RCVTIMEO, WAIT_S * 1000)
+    rest = list(reader.read_epoch("train"))
+    assert [h["batch"] for h, _ in rest] == list(range(2, len(reference)))
+    assert [digest(a) for _, a in first] + [digest(a) for _, a in rest] == [digest(a) for _, a in reference]
+    assert set(raw_streams) <= {daemon.last_stream, reply["stream"]}
+
+
+def test_validation_mid_epoch_leaves_the_training_stream_where_it_is(binary, dataset, daemons, tmp_path):
+    Reader = documented_reader()
+    config = daemon_config(dataset, tmp_path)
+    reference = daemons(binary, daemon_config(dataset, tmp_path / "reference"))
+    train_reference = [digest(a) for _, a in reference.epoch(0, 0)[0]]
+    val_reference = [digest(a) for _, a in reference.epoch(0, 0, "val")[0]]
+    daemon = daemons(binary, config)
+    socket = daemon.pull(0)
+    socket.setsockopt(zmq.RCVTIMEO, WAIT_S * 1000)
+    reader = Reader(socket)
+    reader.started("train", daemon.request({"cmd": "epoch", "rank": 0, "stage": "train", "epoch": 0}))
+    train = reader.read_epoch("train")
+    seen = [digest(next(train)[1]) for _ in range(3)]
+    daemon.request({"cmd": "ack", "rank": 0, "stage": "train", "epoch": 0, "batches": 3})
+    reader.started("val", daemon.request({"cmd": "epoch", "rank": 0, "stage": "validation", "epoch": 0}))
+    assert [digest(a) for _, a in reader.read_epoch("val")] == val_reference
+    checkpoint = daemon.request({"cmd": "checkpoint"})
+    assert checkpoint["ok"] and checkpoint["state"]["start_epoch_idx"] == 0
+    # The training stream goes on without a new request: nothing decoded twice, nothing skipped.
+    seen += [digest(a) for _, a in train]
+    assert seen == train_reference
+    status = daemon.rank_status()
+    assert status["train"]["sent"] == len(train_reference) and status["val"]["phase"] == "ended"
+    assert daemon.log_text().count("train epoch 0") == 1
+
+
+def test_an_error_in_the_main_loop_still_shuts_down_cleanly(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path)
+    daemon = daemons(binary, config, env={"NB_SERVE_TEST_FAULT": "fail-loop-on-ack"})
+    socket = daemon.pull(0)
+    assert daemon.request({"cmd": "epoch", "rank": 0, "stage": "train", "epoch": 0})["ok"]
+    assert socket.poll(WAIT_S * 1000)
+    with pytest.raises(TimeoutError):
+        daemon.request({"cmd": "ack", "rank": 0, "stage": "train", "epoch": 0, "batches": 0}, timeout_s=5)
+    daemon.process.wait(WAIT_S)
+    assert daemon.process.returncode == 1
+    log = daemon.log_text()
+    assert "the main loop failed: injected fault" in log and "wrote resume state" in log and "stopped" in log
+    assert not list(tmp_path.glob("*.sock")), "socket files left behind"
+    assert json.loads((tmp_path / "state" / "resume-state.json").read_text())["start_epoch_idx"] == 0
+
+
+def test_a_poison_frame_becomes_an_error_and_other_batches_flow(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path)
+    plan = support.nb_plan(binary, config, epoch=0)
+    reference = [digest(a) for _, a in daemons(binary, daemon_config(dataset, tmp_path / "reference")).epoch(0, 0)[0]]
+    poison = plan[0]["sequences"][0]
+    daemon = daemons(binary, config, env={"NB_SERVE_TEST_FAULT": f"poison-sequence={poison}"})
+    received, end = daemon.epoch(0, 0)
+    assert len(received) == len(plan)
+    for (header, arrays), expected, digest_expected in zip(received, plan, reference):
+        if poison in expected["sequences"]:
+            assert header["type"] == "error", header
+            assert header["file"].endswith(f"scene{poison:04d}.zip") and "workers died" in header["reason"]
+        else:
+            assert header["type"] == "batch" and digest(arrays) == digest_expected
+    poisoned = sum(poison in p["sequences"] for p in plan)
+    assert end["batches"] == len(plan) - poisoned
+    status = daemon.request({"cmd": "status"})
+    # Each poisoned task costs at most two deaths, never a loop: this epoch's, and those of the next epoch's
+    # first batches, which the daemon decodes ahead into the stream's buffers (prefetch + 1 of them).
+    ahead = support.nb_plan(binary, config, epoch=1)[:daemon.config["serve"]["prefetch"] + 1]
+    assert 0 < status["worker_restarts"] <= 2 * (poisoned + sum(poison in p["sequences"] for p in ahead))
+    # Replacements come back after their backoff (at most WorkerPool.maximumBackoff).
+    deadline = time.monotonic() + 15
+    while len(status["workers"]) + status["workers_starting"] < 2 or status["workers_starting"]:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+        status = daemon.request({"cmd": "status"})
+    assert daemon.stop() == 0
+
+
+def test_an_edited_config_file_does_not_reach_replacement_workers(binary, dataset, daemons, tmp_path):
+    config = daemon_config(dataset, tmp_path)
+    reference = [digest(a) for _, a in daemons(binary, daemon_config(dataset, tmp_path / "reference")).epoch(0, 0)[0]]
+    daemon = daemons(binary, config)
+    edited = yaml.safe_load(open(config))
+    edited["src"]["crop"] = edited["src"]["crop"] // 2
+    edited["flip_rotate"] = not edited.get("flip_rotate", True)
+    support.write_config(config, edited)
+    victims = [worker["pid"] for worker in daemon.request({"cmd": "status"})["workers"]]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    received, _ = daemon.epoch(0, 0)
+    assert [digest(a) for _, a in received] == reference, daemon.log_text()
+    # The deaths are seen when the loop next polls the workers' pipes; the epoch may have been decoded ahead.
+    deadline = time.monotonic() + WAIT_S
+    while daemon.request({"cmd": "status"})["worker_restarts"] < len(victims):
+        assert time.monotonic() < deadline, daemon.log_text()
+        time.sleep(0.05)
+
+
+def test_stop_fails_when_the_resume_state_cannot_be_written(binary, dataset, daemons, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    for how in ("sigterm", "ctl"):
+        config = daemon_config(dataset, tmp_path / how, state_dir=str(blocker / "state"))
+        daemon = daemons(binary, config)
+        daemon.epoch(0, 0, stop_after=1)
+        if how == "ctl":
+            assert daemon.request({"cmd": "stop"})["ok"]
+            daemon.process.wait(WAIT_S)
+        assert daemon.stop() == 1, how
+        assert "resume state could not be written" in daemon.log_path.read_text()
+
+
+def test_bench_end_to_end_reports_first_batch_and_epoch_gap(binary, dataset, tmp_path):
+    """`nb-serve bench --json` end to end: the batches asked for, across an epoch boundary, with the timing
+    fields the README's table is made of (their values are measurements, checked only for sanity here)."""
+    config = daemon_config(dataset, tmp_path)
+    per_epoch = len(support.nb_plan(binary, config, epoch=0))
+    result = support.run_ok(binary, "bench", "--config", str(config), "--batches", str(per_epoch + 3), "--workers", "2", "--json")
+    report = json.loads(result.stdout)
+    assert report["batches"] == per_epoch + 3
+    assert report["frames_per_s"] > 0 and report["batch_interval_s"] > 0
+    assert report["epoch_gap_s"] is not None and report["epoch_gap_s"] > 0
+    assert 0 < report["first_batch_after_ready_s"] <= report["first_batch_s"] + 30

@@ -16,4 +16,7 @@ int nb_set_parent_death_signal(int signal);
 // pidfd_open(2): a descriptor that polls readable once process `pid` has exited (close-on-exec).
 int nb_pidfd_open(int pid);
 
+// ipc listening sockets and liveness probes (unix_socket.c).
+#include "unix_socket.h"
+
 #endif

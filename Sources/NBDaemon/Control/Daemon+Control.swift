@@ -12,9 +12,11 @@ extension Daemon {
         guard let frames = try control.receiveMultipart(timeout: .zero) else { return }
         var reply: [String: JSONValue]
         do {
-            reply = try handle(try ControlRequest.decode(frames))
+            let request = try ControlRequest.decode(frames)
+            if TestHooks.failLoopOnAck, case .ack = request { throw DaemonError("injected fault: the main loop fails on ack") }
+            reply = try handle(request)
             reply["ok"] = .bool(true)
-        } catch {
+        } catch let error as ControlError {
             reply = ["ok": .bool(false), "error": .string(error.description)]
         }
         _ = try control.send([Array(JSONValue.object(reply).description.utf8)])
@@ -75,16 +77,12 @@ extension Daemon {
     private func startEpoch(_ request: EpochRequest) throws(ControlError) -> [String: JSONValue] {
         let pair = try rankStreams(request.rank)
         let stream = pair[request.stage]
-        // Tasks no worker has yet of what this stage streamed so far are dropped.
-        taskQueue.removeAll { task in
-            guard let owner = taskOwners[task.id], owner.rank == request.rank, owner.stage == request.stage else { return false }
-            taskOwners.removeValue(forKey: task.id)
-            stream.taskDropped(buffer: owner.buffer)
-            return true
-        }
         var reply: [String: JSONValue] = [
             "rank": .int(Int64(request.rank)), "epoch": .int(Int64(request.epoch)), "stage": .string(request.stage.rawValue),
         ]
+        // Afterwards, tasks no worker has yet of what this stage no longer streams are dropped (an adopted
+        // lookahead's stay: they are the new stream's).
+        defer { dropQueuedTasks(notOwnedBy: stream) }
         if request.continues, stream.phase != .idle, stream.epoch == request.epoch {
             stream.resumeAtConsumed(id: streamIDs.take())
             pair.requested(request.stage)
@@ -108,13 +106,24 @@ extension Daemon {
         } catch {
             throw .refused("cannot plan \(request.stage.rawValue) epoch \(request.epoch) for rank \(request.rank): \(error)")
         }
-        stream.start(id: streamIDs.take(), epoch: request.epoch, resume: resume, plans: plans)
+        let adopted = stream.start(id: streamIDs.take(), epoch: request.epoch, resume: resume, plans: plans)
         pair.requested(request.stage)
-        Self.log("rank \(request.rank): \(request.stage.rawValue) epoch \(request.epoch), \(plans.count) batches\(resume.map { " from sequence \($0.startSequence)" } ?? "") (stream \(stream.id))")
+        Self.log("rank \(request.rank): \(request.stage.rawValue) epoch \(request.epoch), \(plans.count) batches\(resume.map { " from sequence \($0.startSequence)" } ?? "") (stream \(stream.id)\(adopted ? ", decoded ahead" : ""))")
         reply["batches"] = .int(Int64(plans.count))
         reply["stream"] = .int(Int64(stream.id))
         reply["resumed_from"] = resume.map { .object(["start_epoch_idx": .int(Int64($0.startEpoch)), "start_sequence_idx": .int(Int64($0.startSequence))]) } ?? .null
         return reply
+    }
+
+    private func dropQueuedTasks(notOwnedBy stream: StageStream) {
+        taskQueue.removeAll { task in
+            guard let owner = taskOwners[task.id], owner.rank == stream.rank, owner.stage == stream.stage,
+                  !stream.owns(id: owner.stream, batch: owner.batch, buffer: owner.buffer)
+            else { return false }
+            taskOwners.removeValue(forKey: task.id)
+            stream.taskDropped(buffer: owner.buffer)
+            return true
+        }
     }
 
     /// The resume state of what every served rank has consumed: noisebase's
@@ -141,6 +150,7 @@ extension Daemon {
                 "sent": .int(Int64(stream.nextSend)), "consumed": .int(Int64(stream.consumed)),
                 "ready": .int(Int64(stream.readyCount)), "errors": .int(Int64(stream.errorsSent)),
                 "free_buffers": .int(Int64(stream.buffers.free.count)),
+                "ahead": stream.lookahead.map { .object(["epoch": .int(Int64($0.epoch)), "ready": .int(Int64(stream.readyAhead))]) } ?? .null,
             ])
         }
         let rankStatus: [JSONValue] = ranks.compactMap { rank in
@@ -164,6 +174,7 @@ extension Daemon {
         var reply: [String: JSONValue] = [
             "pid": .int(Int64(getpid())), "world_size": .int(Int64(worldSize)), "ranks": .array(rankStatus),
             "workers": .array(workerStatus), "worker_restarts": .int(Int64(workers.restarts)),
+            "workers_starting": .int(Int64(workers.slots.count - workers.running.count)),
             "errors": .array(errors.map { .string($0) }), "uptime_s": .double(uptime),
             "frames_per_s": .double(Double(framesSent) / uptime), "bytes_per_s": .double(Double(bytesSent) / uptime),
             "queued_tasks": .int(Int64(taskQueue.count)), "control": .string(controlEndpoint),

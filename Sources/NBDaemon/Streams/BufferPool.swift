@@ -48,11 +48,6 @@ struct BufferPool: Equatable {
         freeIfUnused(buffer)
     }
 
-    /// Retires every owned buffer (the stream starts again).
-    mutating func retireAll() {
-        for buffer in owned.sorted() { retire(buffer) }
-    }
-
     private mutating func freeIfUnused(_ buffer: Int) {
         guard !owned.contains(buffer), users[buffer] == nil, !free.contains(buffer) else { return }
         free.append(buffer)

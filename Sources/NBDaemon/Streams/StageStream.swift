@@ -24,6 +24,12 @@ final class StageStream {
         /// Tasks not yet answered.
         var remaining: Int
         var failure: ErrorReport?
+
+        /// One task answered; the first failure is kept.
+        mutating func count(_ report: ErrorReport?) {
+            remaining -= 1
+            if failure == nil { failure = report }
+        }
     }
 
     let rank: Int
@@ -46,19 +52,59 @@ final class StageStream {
     /// `error` messages sent in place of batches (the `end` message counts only batches).
     private(set) var errorsSent = 0
 
+    /// The first batches of the epoch a trainer is expected to ask for next, decoded ahead into buffers the
+    /// current stream no longer needs. The plan is a pure function of the config, seed and epoch, so the
+    /// daemon knows it; a request for exactly this (epoch, resume) adopts them, anything else drops them.
+    struct Lookahead: Equatable {
+        let id: Int
+        let epoch: Int
+        let resume: ResumeState?
+        let plans: [BatchPlan]
+        var assemblies: [Int: Assembly] = [:]
+        var nextSchedule = 0
+    }
+    private(set) var lookahead: Lookahead?
+
     init(rank: Int, stage: Stage, buffers: [Int]) {
         self.rank = rank
         self.stage = stage
         self.buffers = BufferPool(indices: buffers)
     }
 
-    /// Begins a new stream `id` of `epoch` with its plan (abandoning whatever this stage streamed before).
-    func start(id: Int, epoch: Int, resume: ResumeState?, plans: [BatchPlan]) {
+    /// Begins a new stream of `epoch` with its plan (abandoning whatever this stage streamed before). When
+    /// the lookahead decoded exactly this (epoch, resume), its batches are adopted and its id becomes the
+    /// stream's; otherwise the stream is `id`. Returns whether the lookahead was adopted.
+    @discardableResult
+    func start(id: Int, epoch: Int, resume: ResumeState?, plans: [BatchPlan]) -> Bool {
         self.epoch = epoch
         self.resume = resume
         self.plans = plans
         consumed = 0
+        if let ahead = lookahead, ahead.epoch == epoch, ahead.resume == resume, ahead.plans == plans {
+            lookahead = nil
+            restart(id: ahead.id, at: 0, keeping: ahead.assemblies)
+            nextSchedule = ahead.nextSchedule
+            return true
+        }
         restart(id: id, at: 0)
+        return false
+    }
+
+    /// Whether the stream has scheduled all its batches and could decode ahead into its free buffers.
+    var canLookAhead: Bool {
+        lookahead == nil && nextSchedule == plans.count && !buffers.free.isEmpty
+    }
+
+    /// Starts decoding `plans` (of `epoch`, from `resume`) ahead, as stream `id` once adopted.
+    func lookAhead(id: Int, epoch: Int, resume: ResumeState?, plans: [BatchPlan]) {
+        lookahead = Lookahead(id: id, epoch: epoch, resume: resume, plans: plans)
+    }
+
+    /// Drops the lookahead; its buffers are free once their workers answer.
+    private func dropLookahead() {
+        guard let ahead = lookahead else { return }
+        lookahead = nil
+        for assembly in ahead.assemblies.values { buffers.retire(assembly.buffer) }
     }
 
     /// Begins a new stream `id` of the same epoch at the first batch the trainer has not acknowledged (a
@@ -67,14 +113,18 @@ final class StageStream {
         restart(id: id, at: consumed)
     }
 
-    private func restart(id: Int, at batch: Int) {
+    /// Starts stream `id` at `batch`: every buffer the stream or its lookahead held is retired, except those
+    /// of the assemblies `keeping` (an adopted lookahead's), which become the stream's.
+    private func restart(id: Int, at batch: Int, keeping kept: [Int: Assembly] = [:]) {
+        dropLookahead()
         self.id = id
         phase = .streaming
         nextSchedule = batch
         nextSend = batch
         errorsSent = 0
-        assemblies.removeAll()
-        buffers.retireAll()
+        let keptBuffers = Set(kept.values.map(\.buffer))
+        for buffer in buffers.owned.sorted() where !keptBuffers.contains(buffer) { buffers.retire(buffer) }
+        assemblies = kept
         updateEnding()
     }
 
@@ -90,29 +140,50 @@ final class StageStream {
     // MARK: Scheduling
 
     /// The next batch to decode and the buffer it goes into, when one is planned and a buffer is free.
-    func scheduleNext() -> (batch: Int, plan: BatchPlan, buffer: Int)? {
-        guard phase == .streaming, nextSchedule < plans.count, let buffer = buffers.take() else { return nil }
-        let batch = nextSchedule
-        let plan = plans[batch]
-        assemblies[batch] = Assembly(buffer: buffer, remaining: plan.sequences.count)
+    /// The current stream's batches come first; once all are scheduled, the lookahead's. Returns the stream
+    /// id the tasks belong to.
+    func scheduleNext() -> (id: Int, batch: Int, plan: BatchPlan, buffer: Int)? {
+        if phase == .streaming, nextSchedule < plans.count {
+            guard let buffer = buffers.take() else { return nil }
+            let batch = nextSchedule
+            let plan = plans[batch]
+            assemblies[batch] = Assembly(buffer: buffer, remaining: plan.sequences.count)
+            buffers.retain(buffer, count: plan.sequences.count)
+            nextSchedule += 1
+            return (id, batch, plan, buffer)
+        }
+        guard nextSchedule == plans.count, var ahead = lookahead, ahead.nextSchedule < ahead.plans.count,
+              let buffer = buffers.take()
+        else { return nil }
+        let batch = ahead.nextSchedule
+        let plan = ahead.plans[batch]
+        ahead.assemblies[batch] = Assembly(buffer: buffer, remaining: plan.sequences.count)
+        ahead.nextSchedule += 1
+        lookahead = ahead
         buffers.retain(buffer, count: plan.sequences.count)
-        nextSchedule += 1
-        return (batch, plan, buffer)
+        return (ahead.id, batch, plan, buffer)
     }
 
-    /// Whether a task of stream `id` for `batch` in `buffer` still belongs to this stream.
+    /// Whether a task of stream `id` for `batch` in `buffer` still belongs to this stream (or its lookahead).
     func owns(id: Int, batch: Int, buffer: Int) -> Bool {
-        self.id == id && assemblies[batch]?.buffer == buffer
+        if self.id == id { return assemblies[batch]?.buffer == buffer }
+        if let ahead = lookahead, ahead.id == id { return ahead.assemblies[batch]?.buffer == buffer }
+        return false
     }
 
     /// A worker answered (or dropped) a task that wrote into `buffer`; when it belongs to the current stream
     /// (`owns`), the batch's assembly counts it and keeps the first failure.
     func taskFinished(id: Int, batch: Int, buffer: Int, failure: ErrorReport?) {
         buffers.release(buffer)
-        guard owns(id: id, batch: batch, buffer: buffer), var assembly = assemblies[batch] else { return }
-        assembly.remaining -= 1
-        if assembly.failure == nil { assembly.failure = failure }
-        assemblies[batch] = assembly
+        guard owns(id: id, batch: batch, buffer: buffer) else { return }
+        if id == self.id, var assembly = assemblies[batch] {
+            assembly.count(failure)
+            assemblies[batch] = assembly
+        } else if var ahead = lookahead, var assembly = ahead.assemblies[batch] {
+            assembly.count(failure)
+            ahead.assemblies[batch] = assembly
+            lookahead = ahead
+        }
     }
 
     /// A task of this stream that was never handed to a worker is dropped.
@@ -171,6 +242,11 @@ final class StageStream {
     }
 
     // MARK: Reporting
+
+    /// Batches of the lookahead decoded and waiting for their epoch to be asked for.
+    var readyAhead: Int {
+        lookahead?.assemblies.values.filter { $0.remaining == 0 }.count ?? 0
+    }
 
     /// Ready batches not yet sent.
     var readyCount: Int {

@@ -28,6 +28,11 @@ public enum WorkerMain {
         var record = [UInt8](repeating: 0, count: WorkerTask.byteCount)
         while readExactly(0, &record) {
             guard let task = WorkerTask(decoding: record) else { return 1 }
+            if let poison = TestHooks.poisonSequence, task.sequence == poison {
+                // The default action, as a real bus error has: the runtime's crash handler may return from raise().
+                signal(SIGBUS, SIG_DFL)
+                raise(SIGBUS)
+            }
             let batchSize = Int(task.batchSize)
             let decoder = decoders[batchSize] ?? FrameDecoder(config: config, batchSize: batchSize)
             decoders[batchSize] = decoder

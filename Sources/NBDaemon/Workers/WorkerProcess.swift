@@ -70,8 +70,19 @@ public final class WorkerProcess {
         return true
     }
 
-    /// Reads whatever results have arrived. Returns nil at end of file (the worker exited or died).
-    public func receive() -> [WorkerResult]? {
+    /// What one read of the result pipe brought.
+    public struct Received {
+        /// Complete results, in the order the worker wrote them.
+        public var results: [WorkerResult] = []
+        /// The pipe reached end of file, or carried something that is not a result: the worker is gone (or
+        /// must be treated as gone). Results that arrived before are still in `results`.
+        public var ended = false
+    }
+
+    /// Reads whatever results have arrived, and whether the worker is gone. Results written just before a
+    /// worker died still count, so a task it finished is never blamed for its death.
+    public func receive() -> Received {
+        var received = Received()
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
             let count = buffer.withUnsafeMutableBytes { read(resultDescriptor, $0.baseAddress, $0.count) }
@@ -79,23 +90,25 @@ public final class WorkerProcess {
                 pendingResult.append(contentsOf: buffer[0..<count])
                 continue
             }
-            if count == 0 { return nil }
-            if errno == EINTR { continue }
+            if count == 0 { received.ended = true }
+            if count < 0 && errno == EINTR { continue }
             break
         }
-        var results: [WorkerResult] = []
         while pendingResult.count >= 16 {
             let id = pendingResult.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(as: Int64.self)) }
             let length = pendingResult.withUnsafeBytes { Int(Int64(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: Int64.self))) }
-            guard length >= 0, length <= 1 << 20 else { return nil }
+            guard length >= 0, length <= 1 << 20 else {
+                received.ended = true
+                break
+            }
             guard pendingResult.count >= 16 + length else { break }
             let message = String(decoding: pendingResult[16..<(16 + length)], as: UTF8.self)
             pendingResult.removeFirst(16 + length)
-            results.append(WorkerResult(id: id, error: message))
+            received.results.append(WorkerResult(id: id, error: message))
             if let index = outstanding.firstIndex(where: { $0.id == id }) { outstanding.remove(at: index) }
             completed += 1
         }
-        return results
+        return received
     }
 
     /// Closes the pipes (the worker sees end of file and exits) without waiting.

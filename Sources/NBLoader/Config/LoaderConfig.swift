@@ -40,7 +40,23 @@ public struct ServeConfig: Sendable, Equatable {
     public var endpoint = "tcp://127.0.0.1:{5560+rank}"
     /// Control socket endpoint; nil: an ipc path under the runtime directory.
     public var control: String?
-    public var controlMode = 0o600
+    /// File mode of every ipc socket the daemon binds (control and data), set as the socket file is
+    /// created. Connecting to a unix socket needs write permission on it.
+    public var socketMode = 0o600
+    /// The control socket's mode when it differs from `socketMode` (`serve.control_mode`, kept from
+    /// before `socket_mode` existed); nil: `socketMode`.
+    public var controlMode: Int?
+    /// Group (name or number) of every ipc socket file; nil: the daemon's group. Give it group
+    /// permissions in `socketMode` (e.g. 0660) to let that group's trainers connect.
+    public var socketGroup: String?
+    /// The server's secret CURVE certificate (`nb-serve keygen`'s NAME.key_secret). When set, every tcp
+    /// endpoint (control and data) requires CURVE, and only `authorizedKeys` may connect.
+    public var secretKeyFile: String?
+    /// The clients allowed to connect over CURVE: a public certificate (NAME.key) or a directory of them.
+    public var authorizedKeys: String?
+    /// Lets a tcp endpoint that is not loopback listen without CURVE (anyone who reaches it may stop the
+    /// daemon and take any rank's batches). Off: such a config is refused at start-up.
+    public var allowUnauthenticatedNetwork = false
     /// Ranks this daemon serves; nil: all of `worldSize`.
     public var ranks: [Int]?
     public var worldSize = 1
@@ -198,12 +214,16 @@ public struct LoaderConfig: Sendable {
             switch key {
             case "endpoint": serve.endpoint = try reader.string(value, key: path)
             case "control": serve.control = try reader.optionalString(value, key: path)
-            case "control_mode":
-                let text = try reader.string(value, key: path)
-                guard let mode = Int(text, radix: 8), (0...0o777).contains(mode) else {
-                    throw ConfigError(file: reader.file, key: path, reason: "'\(text)' is not an octal file mode like 0600")
+            case "control_mode": serve.controlMode = try readMode(value, key: path, reader)
+            case "socket_mode": serve.socketMode = try readMode(value, key: path, reader)
+            case "socket_group":
+                serve.socketGroup = try reader.optionalString(value, key: path)
+                if serve.socketGroup?.isEmpty == true {
+                    throw ConfigError(file: reader.file, key: path, reason: "is empty; give a group name or number, or leave it out")
                 }
-                serve.controlMode = mode
+            case "secret_key_file": serve.secretKeyFile = try reader.optionalString(value, key: path)
+            case "authorized_keys": serve.authorizedKeys = try reader.optionalString(value, key: path)
+            case "allow_unauthenticated_network": serve.allowUnauthenticatedNetwork = try reader.bool(value, key: path)
             case "ranks":
                 serve.ranks = try reader.sequence(value, key: path).enumerated().map { (index, item) throws(ConfigError) in
                     try reader.int(item, key: "\(path)[\(index)]", atLeast: 0)
@@ -221,10 +241,26 @@ public struct LoaderConfig: Sendable {
                 throw ConfigError(file: reader.file, key: path, reason: "unknown key")
             }
         }
+        switch (serve.secretKeyFile, serve.authorizedKeys) {
+        case (nil, .some):
+            throw ConfigError(file: reader.file, key: "serve.authorized_keys", reason: "needs serve.secret_key_file (the server's CURVE key) too")
+        case (.some, nil):
+            throw ConfigError(file: reader.file, key: "serve.secret_key_file", reason: "needs serve.authorized_keys too (without it any client that knows the server's public key could connect)")
+        default: break
+        }
         if let ranks = serve.ranks, let bad = ranks.first(where: { $0 >= serve.worldSize }) {
             throw ConfigError(file: reader.file, key: "serve.ranks", reason: "rank \(bad) is not below serve.world_size \(serve.worldSize)")
         }
         return serve
+    }
+
+    /// An octal file mode such as `"0660"` (quoted or not: YAML reads an unquoted 0660 as an octal number).
+    private static func readMode(_ node: Node, key: String, _ reader: YAMLFields) throws(ConfigError) -> Int {
+        let text = try reader.string(node, key: key)
+        guard let mode = Int(text, radix: 8), (0...0o777).contains(mode) else {
+            throw ConfigError(file: reader.file, key: key, reason: "'\(text)' is not an octal file mode like 0600")
+        }
+        return mode
     }
 }
 

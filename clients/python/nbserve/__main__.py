@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import BatchError, DaemonError, DaemonUnavailable, Loader, ProtocolError, default_control
+from ._curve import load_curve
 from ._transport import ControlClient
 
 
@@ -55,7 +56,7 @@ def status_text(reply: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reply = ControlClient(args.control, args.timeout).request({"cmd": "status"})
+    reply = ControlClient(args.control, args.timeout, args.curve).request({"cmd": "status"})
     print(json.dumps(reply, indent=2, sort_keys=True) if args.json else status_text(reply))
     return 0
 
@@ -63,7 +64,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     get_epoch = (lambda: args.epoch) if args.epoch is not None else None
     loader = Loader(args.control, stage=args.stage, rank=args.rank, world_size=args.world_size,
-                    get_epoch=get_epoch, timeout=args.timeout)
+                    get_epoch=get_epoch, timeout=args.timeout, server_key=args.server_key,
+                    client_key=args.client_key)
     print(f"pulling {args.batches} batches of {loader.stage} from rank {loader.rank} of {loader.world_size} "
           f"on {loader.endpoint} ({len(loader)} batches per epoch)")
     received = frames = nbytes = 0
@@ -109,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--control", default=default_control(),
                         help="the daemon's control endpoint (default: %(default)s)")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
+    common.add_argument("--server-key", metavar="FILE",
+                        help="the daemon's public CURVE certificate (NAME.key), for CURVE-secured tcp endpoints")
+    common.add_argument("--client-key", metavar="FILE",
+                        help="this client's secret CURVE certificate (NAME.key_secret), authorised by the daemon")
     status = sub.add_parser("status", parents=[common], help="the daemon's status, for people")
     status.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
     pull = sub.add_parser("pull", parents=[common],
@@ -121,10 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     pull.add_argument("--stage", default="train", choices=["train", "val", "validation"])
     pull.add_argument("--epoch", type=int, default=None, help="default: epochs 0, 1, … as a trainer counts")
     args = parser.parse_args(argv)
+    try:
+        args.curve = load_curve(args.server_key, args.client_key)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.command == "pull" and (args.world_size is None or args.rank is None):
         try:
-            reply = ControlClient(args.control, args.timeout).request({"cmd": "status"})
-        except (TimeoutError, DaemonError, DaemonUnavailable) as error:
+            reply = ControlClient(args.control, args.timeout, args.curve).request({"cmd": "status"})
+        except (TimeoutError, DaemonError, DaemonUnavailable, PermissionError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         if args.world_size is None:
@@ -133,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             args.rank = reply["ranks"][0]["rank"] if reply.get("ranks") else 0
     try:
         return cmd_status(args) if args.command == "status" else cmd_pull(args)
-    except (TimeoutError, DaemonError, DaemonUnavailable, ProtocolError) as error:
+    except (TimeoutError, DaemonError, DaemonUnavailable, ProtocolError, PermissionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

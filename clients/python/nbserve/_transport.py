@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ._curve import CurveKeys, check_access, secure
 from ._protocol import ProtocolError, decode_header
 
 
@@ -26,8 +27,9 @@ class DaemonError(RuntimeError):
     """The daemon refused a control request (its reply had "ok": false), or it cannot serve this trainer."""
 
 
-class DaemonUnavailable(ConnectionError):
-    """Nothing answers at the control endpoint: no daemon is running there (the message says how to start one)."""
+class DaemonUnavailable(ConnectionError, TimeoutError):
+    """Nothing answers at the control endpoint: no daemon is running there (the message says how to start one).
+    Also a TimeoutError, which is what a missing daemon raised before (after the whole `timeout`)."""
 
 
 class DaemonLost(ConnectionError):
@@ -64,11 +66,12 @@ class _Watch:
         self.monitor.close(linger=0)
 
 
-def _configure(socket: zmq.Socket[Any]) -> None:
-    """Options every socket to the daemon gets."""
+def _configure(socket: zmq.Socket[Any], endpoint: str, curve: CurveKeys | None) -> None:
+    """Options every socket to the daemon gets, before it connects (CURVE keys on tcp endpoints)."""
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    secure(socket, endpoint, curve)
 
 
 # How long a connection to the control socket may take before nothing is taken to be listening. libzmq
@@ -102,6 +105,13 @@ def how_to_start(endpoint: str) -> str:
             f"daemon that runs; `nb-serve ctl --control {endpoint} status` checks it")
 
 
+def _curve_hint(endpoint: str, curve: CurveKeys | None) -> str:
+    if endpoint.startswith("tcp://") and curve is None:
+        return (" If the daemon's tcp endpoints use CURVE (a handshake without keys never completes), pass "
+                "server_key= and client_key=.")
+    return ""
+
+
 _contexts: dict[int, zmq.Context[Any]] = {}
 _contexts_lock = threading.Lock()
 
@@ -124,9 +134,11 @@ class ControlClient:
     closes before it replied; with TimeoutError when a connected daemon does not reply within ``timeout``
     seconds. Each time the socket is replaced, so the next request starts clean."""
 
-    def __init__(self, endpoint: str, timeout: float, connect_timeout: float = CONNECT_S) -> None:
+    def __init__(self, endpoint: str, timeout: float, curve: CurveKeys | None = None,
+                 connect_timeout: float = CONNECT_S) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self.curve = curve
         self.connect_timeout = connect_timeout
         self._socket: zmq.Socket[Any] | None = None
         self._watch: _Watch | None = None
@@ -135,8 +147,9 @@ class ControlClient:
 
     def _connect(self) -> tuple[zmq.Socket[Any], _Watch]:
         if self._socket is None or self._watch is None or self._pid != os.getpid():
+            check_access(self.endpoint)
             socket = context().socket(zmq.REQ)
-            _configure(socket)
+            _configure(socket, self.endpoint, self.curve)
             # Queue requests only to completed connections: POLLOUT then says that a daemon is there.
             socket.setsockopt(zmq.IMMEDIATE, 1)
             watch = _Watch(socket)
@@ -161,7 +174,8 @@ class ControlClient:
             if not socket.poll(max(1, int(connect_s * 1000)), zmq.POLLOUT):
                 self._discard()
                 raise DaemonUnavailable(f"nb-serve is not running: nothing answers at {self.endpoint} (no connection "
-                                        f"within {connect_s:g} s); {how_to_start(self.endpoint)}")
+                                        f"within {connect_s:g} s); {how_to_start(self.endpoint)}."
+                                        f"{_curve_hint(self.endpoint, self.curve)}")
             watch.disconnected()  # a connection that closed before this request does not concern it
             socket.send_json(body)
             poller = zmq.Poller()
@@ -181,7 +195,8 @@ class ControlClient:
                     self._discard()
                     raise TimeoutError(
                         f"nb-serve did not answer {body.get('cmd')!r} on {self.endpoint} within {self.timeout:g} s "
-                        f"(it is connected but busy or stopped: `nb-serve ctl --control {self.endpoint} status`)")
+                        f"(it is connected but busy or stopped: `nb-serve ctl --control {self.endpoint} status`)."
+                        f"{_curve_hint(self.endpoint, self.curve)}")
         if not isinstance(reply, dict):
             raise ProtocolError(f"control reply is not a JSON object: {reply!r}")
         if check and not reply.get("ok"):
@@ -241,10 +256,11 @@ class Channel:
     _registry: dict[tuple[int, str], Channel] = {}
     _registry_lock = threading.Lock()
 
-    def __init__(self, endpoint: str, receive_queue: int) -> None:
+    def __init__(self, endpoint: str, receive_queue: int, curve: CurveKeys | None = None) -> None:
         self.endpoint = endpoint
+        check_access(endpoint)
         self.socket = context().socket(zmq.PULL)
-        _configure(self.socket)
+        _configure(self.socket, endpoint, curve)
         self.socket.setsockopt(zmq.RCVHWM, receive_queue)
         self._watch = _Watch(self.socket)
         self.socket.connect(endpoint)
@@ -254,13 +270,13 @@ class Channel:
         self.users = 0
 
     @classmethod
-    def acquire(cls, endpoint: str, receive_queue: int = 4) -> Channel:
+    def acquire(cls, endpoint: str, receive_queue: int = 4, curve: CurveKeys | None = None) -> Channel:
         """The process's channel for `endpoint`."""
         key = (os.getpid(), endpoint)
         with cls._registry_lock:
             channel = cls._registry.get(key)
             if channel is None:
-                channel = cls._registry[key] = Channel(endpoint, receive_queue)
+                channel = cls._registry[key] = Channel(endpoint, receive_queue, curve)
             channel.users += 1
             return channel
 

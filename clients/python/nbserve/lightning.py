@@ -27,7 +27,8 @@ class TrainingSampleLoader_v1(L.LightningDataModule):
     attribute of the trainer instead).
 
     control: the daemon's control endpoint; the other arguments go to ``nbserve.torch.TrainingSampleLoader_v1``
-    (pin_memory, timeout, and noisebase's config keys, which may be passed as they are).
+    (pin_memory, timeout, server_key/client_key for a daemon's CURVE-secured tcp endpoints, and noisebase's
+    config keys, which may be passed as they are).
     """
 
     def __init__(self, control: str | None = None, **loader_args: Any) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from . import _config
 from ._config import ConfigMismatch
+from ._curve import load_curve
 from ._protocol import BatchError, ProtocolError, decode_tensors, nest, with_file
 from ._transport import (Channel, ControlClient, DaemonError, DaemonLost, DaemonUnavailable, Stream, StreamLost,
                          data_endpoint, default_control, how_to_start)
@@ -67,6 +68,11 @@ class Loader:
                 this world size
     get_epoch   callable giving the epoch to ask for at each iteration (noisebase's argument)
     timeout     seconds to wait for any reply or batch, or for a daemon that went away to come back
+    server_key, client_key
+                CURVE keys for a daemon whose tcp endpoints are secured (README "Trust model"): the daemon's
+                public certificate (its NAME.key from `nb-serve keygen`) and this trainer's secret certificate
+                (NAME.key_secret, whose NAME.key is in the daemon's serve.authorized_keys); a path each, or
+                Z85 bytes (server_key) and a (public, secret) pair of Z85 bytes (client_key)
     **config    noisebase's loader config, as it is (optional). Every key of it that decides the batches
                 (batch_size, seed, buffers, samples, val_split, shuffle, drop_last, flip_rotate, src.*) must say
                 what the daemon serves, else ConfigMismatch names the key and both values; ``data_path`` and
@@ -76,12 +82,14 @@ class Loader:
 
     def __init__(self, control: str | None = None, stage: str = "train", rank: int | None = None,
                  world_size: int | None = None, get_epoch: Callable[[], int] | None = None, timeout: float = 60.0,
-                 **config: Any) -> None:
+                 server_key: str | os.PathLike[str] | bytes | None = None,
+                 client_key: str | os.PathLike[str] | tuple[bytes, bytes] | None = None, **config: Any) -> None:
         self._closed = False
         self.control = control or default_control()
         self.stage = _stage(stage)
         self.timeout = float(timeout)
-        self._control = ControlClient(self.control, self.timeout)
+        self._curve = load_curve(server_key, client_key)
+        self._control = ControlClient(self.control, self.timeout, self._curve)
         distributed = _distributed()
         if rank is None:
             rank = distributed[0] if distributed else 0
@@ -119,7 +127,7 @@ class Loader:
             self._files = lambda index: os.path.join(root, template.format(index=index))
         self._lengths: dict[tuple[str, int], int] = {}
         self.last_header: dict[str, Any] | None = None
-        self._channel = Channel.acquire(self.endpoint)
+        self._channel = Channel.acquire(self.endpoint, curve=self._curve)
 
     # -- noisebase's loader API
 

@@ -9,6 +9,7 @@ frames, then optionally copied into pinned memory and/or to ``device``), ``prev_
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -45,8 +46,8 @@ class TrainingSampleLoader_v1:
     pin_memory  copy each batch into page-locked memory (only where CUDA is available; noisebase's loader
                 always asks for it)
     device      move each batch there (non-blocking from pinned memory); None keeps it on the CPU
-    rank, world_size, timeout
-                as for ``nbserve.Loader``
+    rank, world_size, timeout, server_key, client_key
+                as for ``nbserve.Loader`` (server_key/client_key: CURVE keys for a daemon's secured tcp endpoints)
     **config    noisebase's loader config may be passed as it is (``TrainingSampleLoader_v1(**cfg, ...)``): the
                 daemon's config decides what is served, and every key of it that decides the batches must agree
                 with the daemon's (``nbserve.ConfigMismatch`` otherwise); ``data_path``/``src`` give noisebase's
@@ -58,9 +59,11 @@ class TrainingSampleLoader_v1:
 
     def __init__(self, control: str | None = None, stage: str = "train", get_epoch: Callable[[], int] | None = None,
                  pin_memory: bool = True, device: str | torch.device | None = None, rank: int | None = None,
-                 world_size: int | None = None, timeout: float = 60.0, **config: Any) -> None:
+                 world_size: int | None = None, timeout: float = 60.0,
+                 server_key: str | os.PathLike[str] | bytes | None = None,
+                 client_key: str | os.PathLike[str] | tuple[bytes, bytes] | None = None, **config: Any) -> None:
         self.loader = Loader(control, stage=stage, rank=rank, world_size=world_size, get_epoch=get_epoch,
-                             timeout=timeout, **config)
+                             timeout=timeout, server_key=server_key, client_key=client_key, **config)
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
         self.device = torch.device(device) if device is not None else None
 
