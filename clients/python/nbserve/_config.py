@@ -76,7 +76,7 @@ def check(config: Mapping[str, Any], served: Mapping[str, Any] | None, control: 
     unknown = sorted(key for key in config if key not in QUIET_KEYS)
     if unknown:
         warnings.warn(f"nbserve: ignoring config keys {unknown}: neither noisebase's loader nor nb-serve reads them",
-                      stacklevel=4)
+                      stacklevel=3)
     if served is None:
         if any(key in config for key in SERVED_KEYS + ("src",)):
             raise ConfigMismatch(f"nb-serve at {control} does not report its config, so the trainer's cannot be "
