@@ -260,3 +260,25 @@ def test_lightning_fit_with_validation_survives_daemon_restarts(binary, dataset,
     assert len(restarts.daemons) == 3, "the daemon was not restarted twice"
     assert seen == expected_seen
     assert all(torch.equal(a, b) for a, b in zip(weights, expected_weights, strict=True))
+
+
+def test_a_daemon_restarted_with_another_config_is_refused(binary, dataset, daemons, tmp_path):
+    """Its batches would not continue this run: ConfigMismatch names what changed, instead of training on."""
+    import yaml
+
+    config = daemon_support.daemon_config(dataset, tmp_path)
+    first = daemons(binary, config)
+    loader = nbserve.Loader(first.control, timeout=WAIT_S)
+    try:
+        iterator = iter(loader)
+        next(iterator)
+        first.stop(signal.SIGTERM)
+        changed = yaml.safe_load(config.read_text())
+        changed["seed"] = changed.get("seed", 42) + 1
+        support.write_config(config, changed)
+        daemons(binary, config)
+        with pytest.raises(nbserve.ConfigMismatch,
+                           match=r"restarted with another configuration \(config\.seed: 42 -> 43\)"):
+            next(iterator)
+    finally:
+        loader.close()

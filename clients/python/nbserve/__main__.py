@@ -33,14 +33,16 @@ def status_text(reply: dict[str, Any]) -> str:
         f"control {reply.get('control', '')}",
     ]
     for rank in reply.get("ranks", []):
-        lines.append(f"rank {rank.get('rank')} on {rank.get('endpoint')}: on the wire: {rank.get('on_wire') or 'nothing'}")
+        wire = rank.get("on_wire") or "nothing"
+        lines.append(f"rank {rank.get('rank')} on {rank.get('endpoint')}: on the wire: {wire}")
         for stage in ("train", "val"):
             stream = rank.get(stage) or {}
             if stream.get("phase", "idle") == "idle":
                 lines.append(f"  {stage}: idle")
                 continue
             lines.append(
-                f"  {stage} epoch {stream.get('epoch')} (stream {stream.get('stream')}, {stream.get('phase')}): produced "
+                f"  {stage} epoch {stream.get('epoch')} (stream {stream.get('stream')}, {stream.get('phase')}): "
+                f"produced "
                 f"{stream.get('produced')}, sent {stream.get('sent')}, consumed {stream.get('consumed')} of "
                 f"{stream.get('batches')} batches; {stream.get('ready')} ready, {stream.get('errors')} errors")
     for worker in reply.get("workers", []):

@@ -29,6 +29,18 @@ def _distributed() -> tuple[int, int] | None:
     return None
 
 
+def _changes(before: dict[str, Any], after: dict[str, Any], keys: tuple[str, ...], prefix: str = "") -> list[str]:
+    """`key: old -> new` for each of `keys` that differs (inside mappings, key by key)."""
+    changes = []
+    for key in keys:
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _changes(old, new, tuple(sorted(set(old) | set(new))), f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changes
+
+
 def _stage(stage: str) -> str:
     if stage in ("train", "val"):
         return stage
@@ -177,14 +189,15 @@ class Loader:
                     self._ack(stream, boundary)
                     acknowledged = boundary
                 header, payload = self._channel.receive(stream, self.timeout)
-            except (StreamLost, DaemonLost, DaemonUnavailable):
+            except (StreamLost, DaemonLost, DaemonUnavailable) as lost:
                 # The daemon restarted (or this stage was asked for again): the same epoch again from the start
                 # of the current sequence group, passing over what was handed out already (also when a reopen
                 # is interrupted before it passed over all of it).
                 handed = delivered + skip
+                start = base + sampler.sequence_index(handed)
                 request = {"cmd": "epoch", "rank": self.rank, "stage": self.stage, "epoch": epoch,
-                           "state": {"start_epoch_idx": epoch, "start_sequence_idx": base + sampler.sequence_index(handed)}}
-                stream, skip = self._open(request), handed % frames
+                           "state": {"start_epoch_idx": epoch, "start_sequence_idx": start}}
+                stream, skip = self._open(request, lost), handed % frames
                 base = self._resumed_from(stream, epoch)
                 delivered = acknowledged = 0
                 continue
@@ -234,21 +247,28 @@ class Loader:
             return int(resumed.get("start_sequence_idx", 0))
         return 0
 
-    def _open(self, request: dict[str, Any]) -> Stream:
-        """Starts a stream; a daemon that went away (restarting) is waited for up to `timeout` seconds first."""
-        deadline: float | None = None
+    def _open(self, request: dict[str, Any], lost: Exception | None = None) -> Stream:
+        """Starts a stream. After `lost` (the daemon went away, or does not know a stream it served), and
+        whenever the daemon is found gone, the daemon at the control endpoint is first waited for (up to
+        `timeout` seconds) and checked to serve what the one before served."""
+        deadline = time.monotonic() + self.timeout
+        pending = lost
         while True:
+            if pending is not None:
+                # A stream the daemon does not know may mean a restart not yet seen on the data socket; the other
+                # stage's stream is forgotten only when the daemon is known to be gone. DaemonUnavailable at the
+                # deadline.
+                self._await_daemon(deadline, pending, forget=not isinstance(pending, StreamLost))
             try:
                 self._channel.check_daemon()
                 return self._channel.begin(self._control, request)
             except (DaemonLost, DaemonUnavailable) as error:
-                if deadline is None:
-                    deadline = time.monotonic() + self.timeout
-                self._await_daemon(deadline, error)
+                pending = error
 
-    def _await_daemon(self, deadline: float, why: Exception) -> None:
+    def _await_daemon(self, deadline: float, why: Exception, forget: bool = True) -> None:
         """Waits until a daemon answers at the control endpoint again, and checks that it serves what the one
-        before served (the same config, world size and rank): then its streams continue this trainer's."""
+        before served (the same config, world size and rank): then its streams continue this trainer's. With
+        `forget`, every stream of the data socket is forgotten (the daemon that served them is gone)."""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -260,16 +280,15 @@ class Loader:
                 break
             except (DaemonLost, DaemonUnavailable, TimeoutError) as error:
                 why = error
-        before = {key: self.status.get(key) for key in ("config", "world_size", "frames_per_sequence", "batch_size")}
-        after = {key: status.get(key) for key in before}
-        if before != after:
-            changed = sorted(key for key in before if before[key] != after[key])
-            raise ConfigMismatch(f"nb-serve at {self.control} restarted with another configuration ({', '.join(changed)} "
-                                 f"differ: {before} before, {after} now); its stream cannot continue this trainer's")
+        changes = _changes(self.status, status, ("config", "world_size", "frames_per_sequence", "batch_size"))
+        if changes:
+            raise ConfigMismatch(f"nb-serve at {self.control} restarted with another configuration "
+                                 f"({'; '.join(changes)}): its stream cannot continue this trainer's")
         if self.rank not in {int(entry["rank"]) for entry in status.get("ranks", [])}:
             raise DaemonError(f"nb-serve at {self.control} restarted without rank {self.rank}")
         self.status = status
-        self._channel.forget()
+        if forget:
+            self._channel.forget()
 
     def _ack(self, stream: Stream, consumed: int) -> None:
         try:
