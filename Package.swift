@@ -28,6 +28,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         .systemLibrary(name: "CZmq", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
@@ -54,7 +55,8 @@ let package = Package(
         .target(name: "CSystem"),
         // Test builds (debug) compile in the fault hooks the process tests inject (TestHooks.swift).
         .target(
-            name: "NBDaemon", dependencies: ["NBLoader", "NBStorage", "NBTransport", "CSystem"],
+            name: "NBDaemon",
+            dependencies: ["NBLoader", "NBStorage", "NBTransport", "CSystem", .product(name: "Logging", package: "swift-log")],
             swiftSettings: [.define("NB_SERVE_TEST_HOOKS", .when(configuration: .debug))]
         ),
         .executableTarget(
@@ -62,8 +64,10 @@ let package = Package(
             dependencies: [
                 "NBStorage",
                 "NBLoader",
+                "NBTransport",
                 "NBDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(name: "NBTestSupport", path: "Tests/NBTestSupport"),

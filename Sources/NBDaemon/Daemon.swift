@@ -1,6 +1,7 @@
 import CSystem
 import Foundation
 import Glibc
+import Logging
 import NBLoader
 import NBStorage
 import NBTransport
@@ -187,7 +188,7 @@ public final class Daemon {
         workers = try WorkerPool(
             count: config.numWorkers,
             spawn: { try WorkerProcess(executable: executable, arguments: spawnArguments, memory: memoryFD, config: configFD) },
-            log: { Self.log($0) })
+            log: { Self.log($0, .warning) })
     }
 
     static func baseDirectory(of path: String) -> String {
@@ -219,9 +220,11 @@ public final class Daemon {
         return FileManager.default.fileExists(atPath: path) ? path : nil
     }
 
-    static func log(_ text: String) {
-        let stamp = ISO8601DateFormatter().string(from: Date())
-        FileHandle.standardError.write(Data("\(stamp) nb-serve: \(text)\n".utf8))
+    public static let logger = Logger(label: "nb-serve")
+
+    /// Logs one line through the daemon's logger (see ``ServiceLogHandler``).
+    public static func log(_ text: String, _ level: Logger.Level = .info) {
+        logger.log(level: level, "\(text)")
     }
 
     /// How long shutdown may take in all: the resume state, the workers, the queued frames.
@@ -235,13 +238,13 @@ public final class Daemon {
     public func run() throws {
         Self.log("serving ranks \(ranks) of \(worldSize): \(ranks.map { "\($0) on \(endpoints[$0] ?? "?")" }.joined(separator: ", ")); control on \(controlEndpoint); \(workers.slots.count) workers")
         if let resumeState { Self.log("resume state: epoch \(resumeState.startEpoch), sequence \(resumeState.startSequence)") }
-        do { _ = try SystemdNotify().ready() } catch { Self.log("sd_notify: \(error)") }
+        do { _ = try SystemdNotify().ready() } catch { Self.log("sd_notify: \(error)", .warning) }
         var failure: Error?
         do {
             while !stopping { try iterate() }
         } catch {
             failure = error
-            Self.log("the main loop failed: \(error); shutting down")
+            Self.log("the main loop failed: \(error); shutting down", .error)
         }
         let stateError = shutdown()
         if let failure { throw failure }
@@ -280,7 +283,7 @@ public final class Daemon {
             collect(workerIndex: index)
         }
         if exitTokens.contains(where: { !ready[$0].isEmpty }) || !workers.exiting.isEmpty { workers.reapExited() }
-        for error in workers.respawnDue() { Self.log("could not start a replacement worker: \(error)") }
+        for error in workers.respawnDue() { Self.log("could not start a replacement worker: \(error)", .error) }
         for (token, rank) in rankTokens where ready[token].contains(.writable) {
             try send(rank)
         }
@@ -412,7 +415,7 @@ public final class Daemon {
         stream.taskFinished(id: owner.stream, batch: owner.batch, buffer: owner.buffer, failure: report)
         if current, let report {
             let text = "rank \(owner.rank) \(owner.stage.rawValue) epoch \(stream.epoch) batch \(owner.batch): \(report.file) \(report.array) \(report.chunk): \(report.reason)"
-            Self.log("decode failed: " + text)
+            Self.log("decode failed: " + text, .warning)
             errors.append(text)
             if errors.count > 50 { errors.removeFirst() }
         }
@@ -491,7 +494,7 @@ public final class Daemon {
     /// it could not.
     func shutdown() -> Error? {
         let deadline = ContinuousClock.now + Self.shutdownDeadline
-        do { _ = try SystemdNotify().stopping() } catch { Self.log("sd_notify: \(error)") }
+        do { _ = try SystemdNotify().stopping() } catch { Self.log("sd_notify: \(error)", .warning) }
         var stateError: Error?
         if let directory = config.serve.stateDirectory, let state = currentState() {
             do {
@@ -499,7 +502,7 @@ public final class Daemon {
                 Self.log("wrote resume state to \(path): epoch \(state.startEpoch), sequence \(state.startSequence)")
             } catch {
                 stateError = error
-                Self.log("could not write the resume state: \(error)")
+                Self.log("could not write the resume state: \(error)", .error)
             }
         }
         workers.stop(deadline: deadline)
