@@ -43,7 +43,19 @@ public final class DaemonClient {
     public struct Received {
         public let header: WireProtocol.Header
         public let frames: [[UInt8]]
-        public var byteCount: Int { frames.reduce(0) { $0 + $1.count } }
+        /// The batch a `batch` or `lease` message carries.
+        public var batch: WireProtocol.BatchHeader? {
+            switch header {
+            case .batch(let header): header
+            case .lease(let lease): lease.batch
+            case .end, .error: nil
+            }
+        }
+        /// Bytes of tensor data: the frames', or a lease's tensors in shared memory.
+        public var byteCount: Int {
+            if case .lease(let lease) = header { return lease.tensors.reduce(0) { $0 + ($1.spec.byteCount ?? 0) } }
+            return frames.reduce(0) { $0 + $1.count }
+        }
     }
 
     /// Asks for `epoch` of `stage` on `rank` and calls `body` with each message until `end` (or until

@@ -104,7 +104,7 @@ extension NBServe {
                 var epoch = loader.epoch
                 while received < batches {
                     let count = try client.consume(rank: 0, stage: "train", epoch: epoch) { message in
-                        guard case .batch(let header) = message.header else { return true }
+                        guard let header = message.batch else { return true }
                         arrivals.append((header.epoch, Date()))
                         received += 1
                         if firstBatch == nil {

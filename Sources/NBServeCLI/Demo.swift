@@ -58,7 +58,8 @@ extension NBServe {
             var errors = 0
             let batches = try client.consume(rank: 0, stage: "train", epoch: 0) { received in
                 switch received.header {
-                case .batch(let header):
+                case .batch, .lease:
+                    guard let header = received.batch else { return true }
                     if first == nil {
                         first = Date()
                         print("demo: first batch after \(String(format: "%.2f", first!.timeIntervalSince(start))) s; its tensors:")

@@ -13,15 +13,7 @@ extension WireProtocol.Header {
         json.key("type"); json.string(typeName)
         switch self {
         case .batch(let batch):
-            json.key("stream"); json.int(batch.stream)
-            json.key("stage"); json.string(batch.stage.rawValue)
-            json.key("epoch"); json.int(batch.epoch)
-            json.key("batch"); json.int(batch.batch)
-            json.key("frame_index"); json.int(batch.frameIndex)
-            json.key("rank"); json.int(batch.rank)
-            json.key("world_size"); json.int(batch.worldSize)
-            json.key("sequences"); json.ints(batch.sequences)
-            json.key("orientations"); json.ints(batch.orientations)
+            Self.writeBatchFields(batch, into: &json)
             json.key("tensors")
             json.beginArray()
             for tensor in batch.tensors {
@@ -29,6 +21,20 @@ extension WireProtocol.Header {
                 json.key("name"); json.string(tensor.name)
                 json.key("dtype"); json.string(tensor.dataType.littleEndianTypestr)
                 json.key("shape"); json.ints(tensor.shape)
+                json.endObject()
+            }
+            json.endArray()
+        case .lease(let lease):
+            Self.writeBatchFields(lease.batch, into: &json)
+            json.key("lease"); json.int(lease.lease)
+            json.key("tensors")
+            json.beginArray()
+            for tensor in lease.tensors {
+                json.beginObject()
+                json.key("name"); json.string(tensor.spec.name)
+                json.key("dtype"); json.string(tensor.spec.dataType.littleEndianTypestr)
+                json.key("shape"); json.ints(tensor.spec.shape)
+                json.key("offset"); json.int(tensor.offset)
                 json.endObject()
             }
             json.endArray()
@@ -49,6 +55,18 @@ extension WireProtocol.Header {
         }
         json.endObject()
         return json.bytes
+    }
+
+    private static func writeBatchFields(_ batch: WireProtocol.BatchHeader, into json: inout JSONWriter) {
+        json.key("stream"); json.int(batch.stream)
+        json.key("stage"); json.string(batch.stage.rawValue)
+        json.key("epoch"); json.int(batch.epoch)
+        json.key("batch"); json.int(batch.batch)
+        json.key("frame_index"); json.int(batch.frameIndex)
+        json.key("rank"); json.int(batch.rank)
+        json.key("world_size"); json.int(batch.worldSize)
+        json.key("sequences"); json.ints(batch.sequences)
+        json.key("orientations"); json.ints(batch.orientations)
     }
 }
 
