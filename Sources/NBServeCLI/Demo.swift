@@ -36,6 +36,10 @@ extension NBServe {
             var status = ProcessExit.exited(0)
             do {
                 try client.waitUntilReady(timeout: 60, daemon: daemon.pid)
+                // Read batches as same-host trainers do: straight from the daemon's shared memory.
+                if let status = try client.request(["cmd": "status"]), let path = status["shm_socket"] as? String {
+                    try client.openSession(rank: 0, path: path)
+                }
                 try consumeEpoch(client, loaded)
             } catch {
                 status = daemon.stop(client: client)

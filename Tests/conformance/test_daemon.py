@@ -671,12 +671,15 @@ def test_bench_end_to_end_reports_first_batch_and_epoch_gap(binary, dataset, tmp
     fields the README's table is made of (their values are measurements, checked only for sanity here)."""
     config = daemon_config(dataset, tmp_path)
     per_epoch = len(support.nb_plan(binary, config, epoch=0))
-    result = support.run_ok(binary, "bench", "--config", str(config), "--batches", str(per_epoch + 3), "--workers", "2", "--json")
-    report = json.loads(result.stdout)
-    assert report["batches"] == per_epoch + 3
-    assert report["frames_per_s"] > 0 and report["batch_interval_s"] > 0
-    assert report["epoch_gap_s"] is not None and report["epoch_gap_s"] > 0
-    assert 0 < report["first_batch_after_ready_s"] <= report["first_batch_s"] + 30
+    for transport in ("shm", "zmq"):
+        result = support.run_ok(binary, "bench", "--config", str(config), "--batches", str(per_epoch + 3), "--workers", "2",
+                                "--transport", transport, "--json")
+        report = json.loads(result.stdout)
+        assert report["batches"] == per_epoch + 3 and report["transport"] == transport
+        assert report["frames_per_s"] > 0 and report["batch_interval_s"] > 0
+        assert report["epoch_gap_s"] is not None and report["epoch_gap_s"] > 0
+        assert 0 < report["first_batch_after_ready_s"] <= report["first_batch_s"] + 30
+        assert report["daemon_cpu_ms_per_frame"] >= 0
 
 
 def test_logs_carry_journald_priorities_under_systemd(binary, dataset, tmp_path):

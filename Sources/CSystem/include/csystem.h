@@ -19,6 +19,12 @@ int nb_pidfd_open(int pid);
 // sendmsg(2) of `count` bytes with descriptor `fd` attached (SCM_RIGHTS), without SIGPIPE.
 long nb_send_with_fd(int socket, const void *bytes, unsigned long count, int fd);
 
+// recvmsg(2) of up to `count` bytes; a descriptor passed with them (SCM_RIGHTS) lands in *fd, else -1.
+long nb_receive_with_fd(int socket, void *bytes, unsigned long count, int *fd);
+
+// A blocking, close-on-exec AF_UNIX stream socket connected to `path`, or -1 with errno set.
+int nb_unix_connect(const char *path);
+
 // accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK.
 int nb_accept_cloexec(int socket);
 
