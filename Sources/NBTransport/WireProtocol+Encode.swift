@@ -14,30 +14,11 @@ extension WireProtocol.Header {
         switch self {
         case .batch(let batch):
             Self.writeBatchFields(batch, into: &json)
-            json.key("tensors")
-            json.beginArray()
-            for tensor in batch.tensors {
-                json.beginObject()
-                json.key("name"); json.string(tensor.name)
-                json.key("dtype"); json.string(tensor.dataType.littleEndianTypestr)
-                json.key("shape"); json.ints(tensor.shape)
-                json.endObject()
-            }
-            json.endArray()
+            Self.writeTensors(batch.tensors.map { ($0, nil) }, into: &json)
         case .lease(let lease):
             Self.writeBatchFields(lease.batch, into: &json)
             json.key("lease"); json.int(lease.lease)
-            json.key("tensors")
-            json.beginArray()
-            for tensor in lease.tensors {
-                json.beginObject()
-                json.key("name"); json.string(tensor.spec.name)
-                json.key("dtype"); json.string(tensor.spec.dataType.littleEndianTypestr)
-                json.key("shape"); json.ints(tensor.spec.shape)
-                json.key("offset"); json.int(tensor.offset)
-                json.endObject()
-            }
-            json.endArray()
+            Self.writeTensors(lease.tensors.map { ($0.spec, $0.offset) }, into: &json)
         case .end(let end):
             json.key("stream"); json.int(end.stream)
             json.key("stage"); json.string(end.stage.rawValue)
@@ -55,6 +36,21 @@ extension WireProtocol.Header {
         }
         json.endObject()
         return json.bytes
+    }
+
+    /// `"tensors"`: name, dtype and shape of each, and where it lies in shared memory for a lease.
+    private static func writeTensors(_ tensors: [(WireProtocol.TensorSpec, Int?)], into json: inout JSONWriter) {
+        json.key("tensors")
+        json.beginArray()
+        for (tensor, offset) in tensors {
+            json.beginObject()
+            json.key("name"); json.string(tensor.name)
+            json.key("dtype"); json.string(tensor.dataType.littleEndianTypestr)
+            json.key("shape"); json.ints(tensor.shape)
+            if let offset { json.key("offset"); json.int(offset) }
+            json.endObject()
+        }
+        json.endArray()
     }
 
     private static func writeBatchFields(_ batch: WireProtocol.BatchHeader, into json: inout JSONWriter) {
