@@ -77,11 +77,14 @@ public final class ZipWriter {
         let bigSize = zip64 == .always || size >= Self.classicLimit
         let bigOffset = zip64 == .always || localOffset >= Self.classicLimit
         let version: UInt16 = bigSize || bigOffset ? 45 : 20
+        // Bit 11: the name is UTF-8 (otherwise readers take it as code page 437); set, as zipfile does,
+        // only for names that are not plain ASCII.
+        let flags: UInt16 = nameBytes.allSatisfy { $0 < 0x80 } ? 0 : 0x800
 
         var local = ByteWriter()
         local.u32(0x0403_4b50)
         local.u16(version)
-        local.u16(0) // flags: none (sizes are known before the data is written)
+        local.u16(flags) // no data descriptor: sizes are known before the data is written
         local.u16(0) // method: stored
         local.u16(Self.dosTime)
         local.u16(Self.dosDate)
@@ -116,8 +119,8 @@ public final class ZipWriter {
         central.u32(0x0201_4b50)
         central.u16(Self.unixHost | version)
         central.u16(version)
-        central.u16(0)
-        central.u16(0)
+        central.u16(flags)
+        central.u16(0) // method: stored
         central.u16(Self.dosTime)
         central.u16(Self.dosDate)
         central.u32(crc)
