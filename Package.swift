@@ -78,6 +78,7 @@ let package = Package(
         .testTarget(name: "NBStorageTests", dependencies: ["NBStorage", "NBTestSupport"]),
         .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader", "CDecodeKernels", "NBTestSupport"]),
         .testTarget(name: "NBTransportTests", dependencies: ["NBTransport", "NBTestSupport"]),
+        .testTarget(name: "NBDemoTests", dependencies: ["NBDemo", "CDemoKernels", "NBStorage", "NBTestSupport"]),
         .testTarget(name: "NBDaemonTests", dependencies: ["NBDaemon", "NBLoader", "NBStorage", "NBTransport"]),
     ]
 )
