@@ -44,6 +44,9 @@ let package = Package(
         .target(name: "CSIMDMath"),
         // Per-pixel decode loops (C vector extensions): oriented copies, normals, depth, motion, RGBE.
         .target(name: "CDecodeKernels", dependencies: ["CSIMDMath"], cSettings: kernelFlags),
+        // The native demo-dataset writer (`nb-serve demo`) and its always-optimised ray-casting kernels.
+        .target(name: "CDemoKernels", cSettings: kernelFlags),
+        .target(name: "NBDemo", dependencies: ["NBStorage", "CDemoKernels"]),
         .target(
             name: "NBLoader",
             dependencies: ["NBStorage", "CDecodeKernels", .product(name: "Yams", package: "Yams")],
@@ -66,6 +69,7 @@ let package = Package(
                 "NBLoader",
                 "NBTransport",
                 "NBDaemon",
+                "NBDemo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -74,6 +78,7 @@ let package = Package(
         .testTarget(name: "NBStorageTests", dependencies: ["NBStorage", "NBTestSupport"]),
         .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader", "CDecodeKernels", "NBTestSupport"]),
         .testTarget(name: "NBTransportTests", dependencies: ["NBTransport", "NBTestSupport"]),
+        .testTarget(name: "NBDemoTests", dependencies: ["NBDemo", "CDemoKernels", "NBStorage", "NBTestSupport"]),
         .testTarget(name: "NBDaemonTests", dependencies: ["NBDaemon", "NBLoader", "NBStorage", "NBTransport"]),
     ]
 )
