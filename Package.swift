@@ -28,6 +28,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         .systemLibrary(name: "CZmq", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
@@ -43,6 +44,9 @@ let package = Package(
         .target(name: "CSIMDMath"),
         // Per-pixel decode loops (C vector extensions): oriented copies, normals, depth, motion, RGBE.
         .target(name: "CDecodeKernels", dependencies: ["CSIMDMath"], cSettings: kernelFlags),
+        // The native demo-dataset writer (`nb-serve demo`) and its always-optimised ray-casting kernels.
+        .target(name: "CDemoKernels", cSettings: kernelFlags),
+        .target(name: "NBDemo", dependencies: ["NBStorage", "CDemoKernels"]),
         .target(
             name: "NBLoader",
             dependencies: ["NBStorage", "CDecodeKernels", .product(name: "Yams", package: "Yams")],
@@ -54,7 +58,8 @@ let package = Package(
         .target(name: "CSystem"),
         // Test builds (debug) compile in the fault hooks the process tests inject (TestHooks.swift).
         .target(
-            name: "NBDaemon", dependencies: ["NBLoader", "NBStorage", "NBTransport", "CSystem"],
+            name: "NBDaemon",
+            dependencies: ["NBLoader", "NBStorage", "NBTransport", "CSystem", .product(name: "Logging", package: "swift-log")],
             swiftSettings: [.define("NB_SERVE_TEST_HOOKS", .when(configuration: .debug))]
         ),
         .executableTarget(
@@ -62,14 +67,18 @@ let package = Package(
             dependencies: [
                 "NBStorage",
                 "NBLoader",
+                "NBTransport",
                 "NBDaemon",
+                "NBDemo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(name: "NBTestSupport", path: "Tests/NBTestSupport"),
         .testTarget(name: "NBStorageTests", dependencies: ["NBStorage", "NBTestSupport"]),
         .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader", "CDecodeKernels", "NBTestSupport"]),
         .testTarget(name: "NBTransportTests", dependencies: ["NBTransport", "NBTestSupport"]),
+        .testTarget(name: "NBDemoTests", dependencies: ["NBDemo", "CDemoKernels", "NBStorage", "NBTestSupport"]),
         .testTarget(name: "NBDaemonTests", dependencies: ["NBDaemon", "NBLoader", "NBStorage", "NBTransport"]),
     ]
 )

@@ -20,10 +20,7 @@ import subprocess
 import sys
 import time
 
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(root, "Tests", "fixtures"))
-
-import make_dataset  # noqa: E402
+import bench_data  # noqa: E402  (beside this script)
 import noisebase_oracle as oracle  # noqa: E402
 
 
@@ -41,19 +38,12 @@ def noisebase_frames_per_s(config: str, frames: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=24)
-    parser.add_argument("--data", default=os.path.join(root, "bench-data"))
-    parser.add_argument("--nb-serve", default=os.path.join(root, ".build", "release", "nb-serve"))
+    parser.add_argument("--data", default=bench_data.DEFAULT_DATA)
+    parser.add_argument("--nb-serve", default=bench_data.DEFAULT_BINARY)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
 
-    config = os.path.join(args.data, "dataset.yaml")
-    if not os.path.exists(config):
-        print(f"bench: generating the benchmark dataset in {args.data} (a few minutes, once)", file=sys.stderr)
-        make_dataset.write_dataset(
-            args.data, sequences=3, frames=4, crop=256, samples=32, height=540, width=960, seed=11, reference_samples=8,
-            loader={"batch_size": 1, "val_split": 0.0, "samples": 8})
-    if not os.path.exists(args.nb_serve):
-        sys.exit(f"bench: {args.nb_serve} is missing; run `swift build -c release`")
+    config = bench_data.ensure(args.data, args.nb_serve)
 
     ours = json.loads(subprocess.run(
         [args.nb_serve, "bench", "--config", config, "--decode-only", "--frames", str(args.frames), "--json"],

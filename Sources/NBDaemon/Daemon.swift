@@ -1,6 +1,7 @@
 import CSystem
 import Foundation
 import Glibc
+import Logging
 import NBLoader
 import NBStorage
 import NBTransport
@@ -84,8 +85,11 @@ public final class Daemon {
     let signalPipe: [Int32]
     /// Zero-copy sends report here (from libzmq's I/O thread) which batch buffer a frame released.
     let releasePipe: [Int32]
-    /// Buffers per stream: `serve.prefetch` ready or in assembly, plus the one being sent.
+    /// Buffers per stream: `serve.prefetch` ready or in assembly (or, with the shared-memory transport,
+    /// `serve.leases` held by the trainer), plus the one being sent.
     let buffersPerStream: Int
+    /// Same-host trainers' shared-memory sessions; nil when the transport is off.
+    var leaseSessions: LeaseSessions?
 
     public init(options: DaemonOptions) throws {
         self.options = options
@@ -123,7 +127,8 @@ public final class Daemon {
         }
 
         // Each (rank, stage) stream has its own buffers: validation never takes the training stream's.
-        buffersPerStream = config.serve.prefetch + 1
+        let shmPath = Self.shmSocketPath(config)
+        buffersPerStream = (shmPath == nil ? config.serve.prefetch : max(config.serve.prefetch, config.serve.leaseLimit)) + 1
         let perRank = 2 * buffersPerStream
         memory = try SharedBatchMemory(creating: max(1, ranks.count * perRank * layout.byteCount))
         for (index, rank) in ranks.enumerated() {
@@ -148,6 +153,17 @@ public final class Daemon {
         try control.set(.maximumMessageSize, Int64(1 << 20))
         try security.bind(control, to: controlEndpoint, isControl: true)
         Self.log("trust: " + security.summary)
+        if let shmPath {
+            try security.prepareSocketPath(shmPath, endpoint: "ipc://" + shmPath)
+            let listener = try security.listen(shmPath, mode: security.controlMode)
+            do {
+                leaseSessions = try LeaseSessions(path: shmPath, listener: listener, memory: memory, limit: config.serve.leaseLimit, ranks: ranks)
+            } catch {
+                close(listener)
+                unlink(shmPath)
+                throw error
+            }
+        }
         for rank in ranks {
             guard let endpoint = EndpointTemplate.render(config.serve.endpoint, rank: rank) else {
                 throw ConfigError(file: config.file, key: "serve.endpoint", reason: "'\(config.serve.endpoint)' has a placeholder other than {rank} or {N+rank}")
@@ -187,7 +203,10 @@ public final class Daemon {
         workers = try WorkerPool(
             count: config.numWorkers,
             spawn: { try WorkerProcess(executable: executable, arguments: spawnArguments, memory: memoryFD, config: configFD) },
-            log: { Self.log($0) })
+            log: { Self.log($0, .warning) })
+        leaseSessions?.onRelease = { [unowned self] rank, buffer in
+            streams[rank]?.stream(owning: buffer)?.frameReleased(buffer: buffer)
+        }
     }
 
     static func baseDirectory(of path: String) -> String {
@@ -213,15 +232,25 @@ public final class Daemon {
         endpoint.hasPrefix("ipc://") ? String(endpoint.dropFirst(6)) : nil
     }
 
+    /// The shared-memory session socket: `serve.shm_socket`, or `shm.sock` beside an ipc control socket;
+    /// nil when the transport is off (an empty `shm_socket`, or a tcp control socket without one).
+    static func shmSocketPath(_ config: LoaderConfig) -> String? {
+        if let configured = config.serve.shmSocket { return configured.isEmpty ? nil : configured }
+        guard let control = ipcPath(controlEndpoint(config)) else { return nil }
+        return (control as NSString).deletingLastPathComponent + "/shm.sock"
+    }
+
     static func autoResumePath(_ config: LoaderConfig) -> String? {
         guard config.serve.resume == "auto", let directory = config.serve.stateDirectory else { return nil }
         let path = directory + "/" + ResumeStateFile.fileName
         return FileManager.default.fileExists(atPath: path) ? path : nil
     }
 
-    static func log(_ text: String) {
-        let stamp = ISO8601DateFormatter().string(from: Date())
-        FileHandle.standardError.write(Data("\(stamp) nb-serve: \(text)\n".utf8))
+    public static let logger = Logger(label: "nb-serve")
+
+    /// Logs one line through the daemon's logger (see ``ServiceLogHandler``).
+    public static func log(_ text: String, _ level: Logger.Level = .info) {
+        logger.log(level: level, "\(text)")
     }
 
     /// How long shutdown may take in all: the resume state, the workers, the queued frames.
@@ -235,13 +264,13 @@ public final class Daemon {
     public func run() throws {
         Self.log("serving ranks \(ranks) of \(worldSize): \(ranks.map { "\($0) on \(endpoints[$0] ?? "?")" }.joined(separator: ", ")); control on \(controlEndpoint); \(workers.slots.count) workers")
         if let resumeState { Self.log("resume state: epoch \(resumeState.startEpoch), sequence \(resumeState.startSequence)") }
-        do { _ = try SystemdNotify().ready() } catch { Self.log("sd_notify: \(error)") }
+        do { _ = try SystemdNotify().ready() } catch { Self.log("sd_notify: \(error)", .warning) }
         var failure: Error?
         do {
             while !stopping { try iterate() }
         } catch {
             failure = error
-            Self.log("the main loop failed: \(error); shutting down")
+            Self.log("the main loop failed: \(error); shutting down", .error)
         }
         let stateError = shutdown()
         if let failure { throw failure }
@@ -266,21 +295,28 @@ public final class Daemon {
             exitTokens.append(poller.add(fileDescriptor: worker.pidDescriptor, events: .readable))
         }
         var rankTokens: [(ZmqPoller.Token, Int)] = []
-        for rank in ranks where streams[rank]?.onWire?.next != nil {
+        for rank in ranks where canSend(rank) {
             rankTokens.append((poller.add(sockets[rank]!, events: .writable), rank))
+        }
+        var sessionTokens: [(ZmqPoller.Token, LeaseSessions.Session)] = []
+        let listenerToken = leaseSessions.map { poller.add(fileDescriptor: $0.listener, events: .readable) }
+        for session in leaseSessions?.sessions ?? [] {
+            sessionTokens.append((poller.add(fileDescriptor: session.fd, events: .readable), session))
         }
         var timeout: Duration = .milliseconds(500)
         if let due = workers.nextRespawn { timeout = max(.zero, min(timeout, due - .now)) }
         let ready = try poller.poll(timeout: timeout)
         if !ready[signalToken].isEmpty { drainSignals() }
         if !ready[releaseToken].isEmpty { drainReleases() }
+        for (token, session) in sessionTokens where !ready[token].isEmpty { leaseSessions?.service(session) }
+        if let listenerToken, !ready[listenerToken].isEmpty { leaseSessions?.accept() }
         if let zapToken, ready[zapToken].contains(.readable) { try authenticator?.answerPending() }
         if ready[controlToken].contains(.readable) { try handleControl() }
         for (token, index) in workerTokens.reversed() where !ready[token].isEmpty {
             collect(workerIndex: index)
         }
         if exitTokens.contains(where: { !ready[$0].isEmpty }) || !workers.exiting.isEmpty { workers.reapExited() }
-        for error in workers.respawnDue() { Self.log("could not start a replacement worker: \(error)") }
+        for error in workers.respawnDue() { Self.log("could not start a replacement worker: \(error)", .error) }
         for (token, rank) in rankTokens where ready[token].contains(.writable) {
             try send(rank)
         }
@@ -412,10 +448,17 @@ public final class Daemon {
         stream.taskFinished(id: owner.stream, batch: owner.batch, buffer: owner.buffer, failure: report)
         if current, let report {
             let text = "rank \(owner.rank) \(owner.stage.rawValue) epoch \(stream.epoch) batch \(owner.batch): \(report.file) \(report.array) \(report.chunk): \(report.reason)"
-            Self.log("decode failed: " + text)
+            Self.log("decode failed: " + text, .warning)
             errors.append(text)
             if errors.count > 50 { errors.removeFirst() }
         }
+    }
+
+    /// Whether the rank has a message to send now: a ready one, and for a shared-memory batch a lease to spare.
+    func canSend(_ rank: Int) -> Bool {
+        guard let stream = streams[rank]?.onWire, let next = stream.next else { return false }
+        if case .batch = next, stream.transport == .shm { return leaseSessions?.mayLease(rank: rank) ?? false }
+        return true
     }
 
     /// Sends the rank's next ready messages, in order, without blocking.
@@ -433,6 +476,10 @@ public final class Daemon {
                     stream: stream.id, stage: stage, epoch: stream.epoch, batch: batch, file: report.file.isEmpty ? nil : report.file,
                     array: report.array.isEmpty ? nil : report.array, chunk: report.chunk.isEmpty ? nil : report.chunk, reason: report.reason)
                 sent = try socket.send(try WireProtocol.encode(.init(header: .error(header))), dontWait: true)
+            case .batch(_, let plan, let buffer) where stream.transport == .shm:
+                guard let sessions = leaseSessions, sessions.mayLease(rank: rank) else { return }
+                sent = try sendLease(plan, buffer: buffer, stream: stream, stage: stage, rank: rank, socket: socket, sessions: sessions)
+                if sent { framesSent += plan.sequences.count }
             case .batch(_, let plan, let buffer):
                 sent = try sendBatch(plan, buffer: buffer, stream: stream, stage: stage, rank: rank, socket: socket)
                 if sent { framesSent += plan.sequences.count }
@@ -472,6 +519,32 @@ public final class Daemon {
         return sent
     }
 
+    /// Sends a ready batch as a lease: one frame naming where each tensor lies in the shared memory. The
+    /// lease holds the buffer until the trainer releases it (or its session ends).
+    func sendLease(
+        _ plan: BatchPlan, buffer: Int, stream: StageStream, stage: WireProtocol.Stage, rank: Int, socket: ZmqSocket,
+        sessions: LeaseSessions
+    ) throws -> Bool {
+        guard let lease = sessions.lease(rank: rank, buffer: buffer) else { return false }
+        let base = buffer * layout.byteCount
+        var tensors: [WireProtocol.SharedTensor] = []
+        for tensor in layout.tensors {
+            let (shape, bytes) = tensor.filled(plan.sequences.count)
+            tensors.append(.init(spec: .init(name: tensor.key, dataType: tensor.dataType, shape: shape), offset: base + bytes.lowerBound))
+        }
+        let batch = WireProtocol.BatchHeader(
+            stream: stream.id, stage: stage, epoch: plan.epoch, batch: plan.batch, frameIndex: plan.frameIndex,
+            sequences: plan.sequences, orientations: plan.orientations, rank: rank, worldSize: worldSize, tensors: [])
+        let frame = try WireProtocol.Header.lease(.init(batch: batch, lease: lease, tensors: tensors)).encoded()
+        guard try socket.send([frame], dontWait: true) else {
+            sessions.cancel(lease)
+            return false
+        }
+        stream.framesQueued(buffer: buffer, count: 1)
+        bytesSent += layout.byteCount
+        return true
+    }
+
     /// Counts released frames back to their buffers; a sent buffer is free once all its frames are.
     func drainReleases() {
         var values = [Int32](repeating: 0, count: 1024)
@@ -491,7 +564,7 @@ public final class Daemon {
     /// it could not.
     func shutdown() -> Error? {
         let deadline = ContinuousClock.now + Self.shutdownDeadline
-        do { _ = try SystemdNotify().stopping() } catch { Self.log("sd_notify: \(error)") }
+        do { _ = try SystemdNotify().stopping() } catch { Self.log("sd_notify: \(error)", .warning) }
         var stateError: Error?
         if let directory = config.serve.stateDirectory, let state = currentState() {
             do {
@@ -499,10 +572,11 @@ public final class Daemon {
                 Self.log("wrote resume state to \(path): epoch \(state.startEpoch), sequence \(state.startSequence)")
             } catch {
                 stateError = error
-                Self.log("could not write the resume state: \(error)")
+                Self.log("could not write the resume state: \(error)", .error)
             }
         }
         workers.stop(deadline: deadline)
+        leaseSessions?.close()
         for socket in sockets.values { socket.close() }
         control.close()
         authenticator?.close()

@@ -43,11 +43,32 @@ public final class DaemonClient {
     public struct Received {
         public let header: WireProtocol.Header
         public let frames: [[UInt8]]
-        public var byteCount: Int { frames.reduce(0) { $0 + $1.count } }
+        /// The batch a `batch` or `lease` message carries.
+        public var batch: WireProtocol.BatchHeader? {
+            switch header {
+            case .batch(let header): header
+            case .lease(let lease): lease.batch
+            case .end, .error: nil
+            }
+        }
+        /// Bytes of tensor data: the frames', or a lease's tensors in shared memory.
+        public var byteCount: Int {
+            if case .lease(let lease) = header { return lease.tensors.reduce(0) { $0 + ($1.spec.byteCount ?? 0) } }
+            return frames.reduce(0) { $0 + $1.count }
+        }
+    }
+
+    /// Shared-memory sessions, per rank, once opened.
+    var sessions: [Int: LeaseClient] = [:]
+
+    /// Opens `rank`'s shared-memory session at `path` (the daemon's `status` names it as `shm_socket`).
+    public func openSession(rank: Int, path: String) throws {
+        sessions[rank] = try LeaseClient(path: path, rank: rank)
     }
 
     /// Asks for `epoch` of `stage` on `rank` and calls `body` with each message until `end` (or until
-    /// `body` returns false). Acknowledges each batch. Returns the number of batch messages received.
+    /// `body` returns false). Acknowledges each batch. With a shared-memory session open for the rank, the
+    /// batches come as leases, each released after `body` returns. Returns the number of batches received.
     @discardableResult
     public func consume(rank: Int, stage: String, epoch: Int, timeout: Double = 60, _ body: (Received) throws -> Bool) throws -> Int {
         let pull: ZmqSocket
@@ -60,9 +81,10 @@ public final class DaemonClient {
             try pull.connect(endpoint)
             pulls[rank] = pull
         }
-        guard let reply = try request(["cmd": "epoch", "rank": rank, "stage": stage, "epoch": epoch]), reply["ok"] as? Bool == true,
-              let stream = reply["stream"] as? Int
-        else {
+        let session = sessions[rank]
+        var epochRequest: [String: Any] = ["cmd": "epoch", "rank": rank, "stage": stage, "epoch": epoch]
+        if session != nil { epochRequest["transport"] = "shm" }
+        guard let reply = try request(epochRequest), reply["ok"] as? Bool == true, let stream = reply["stream"] as? Int else {
             throw DaemonError("the daemon refused epoch \(epoch) for rank \(rank)")
         }
         var batches = 0
@@ -76,10 +98,13 @@ public final class DaemonClient {
             guard header.stream == stream else { continue }
             if case .end = header { return batches }
             if case .batch = header { batches += 1 }
+            if case .lease = header { batches += 1 }
             position += 1
             let received = Received(header: header, frames: Array(frames.dropFirst()))
             _ = try request(["cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": position, "stream": stream])
-            if try !body(received) { return batches }
+            let more = try body(received)
+            if case .lease(let lease) = header { try session?.release([lease.lease]) }
+            if !more { return batches }
         }
     }
 

@@ -16,7 +16,14 @@ public final class SharedBatchMemory {
         guard ftruncate(fd, off_t(byteCount)) == 0 else {
             let code = errno
             close(fd)
-            throw SystemError(call: "ftruncate(\(byteCount))", errno: code)
+            throw SystemError(call: "sizing the shared batch memory to \(byteCount) bytes (\(byteCount >> 20) MiB)", errno: code)
+        }
+        // Every page is reserved now: too little memory is a start-up error naming the size, never a SIGBUS
+        // in a worker or a trainer halfway through training.
+        let reserved = nb_fallocate(fd, Int64(byteCount))
+        guard reserved == 0 else {
+            close(fd)
+            throw SystemError(call: "reserving \(byteCount) bytes (\(byteCount >> 20) MiB) of shared batch memory", errno: reserved)
         }
         do {
             base = try Self.map(fd, byteCount)
@@ -44,6 +51,13 @@ public final class SharedBatchMemory {
         let address = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let address, address != MAP_FAILED else { throw SystemError(call: "mmap(\(count))", errno: errno) }
         return address
+    }
+
+    /// A new read-only descriptor of the same memory, for a trainer: it can map it, never write it.
+    public func readOnlyDescriptor() throws(SystemError) -> Int32 {
+        let fd = open("/proc/self/fd/\(descriptor)", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemError(call: "open(/proc/self/fd/\(descriptor), O_RDONLY)", errno: errno) }
+        return fd
     }
 
     /// `count` bytes at `offset`, or nil when outside the mapping.

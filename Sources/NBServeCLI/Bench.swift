@@ -44,6 +44,9 @@ extension NBServe {
         @Option(help: "Worker processes (end to end; default: the config's num_workers).")
         var workers: Int?
 
+        @Option(help: "How batches reach this process (end to end): shm, as same-host trainers read them, or zmq frames.")
+        var transport: BenchTransport = .shm
+
         @Flag(help: "Print one JSON object.")
         var json = false
 
@@ -96,19 +99,28 @@ extension NBServe {
             var bytes = 0
             var peakRSS = 0.0
             var arrivals: [(epoch: Int, time: Date)] = []
+            var daemonCPUAtFirst: Double?
+            var daemonCPUAtLast: Double?
             var requested = Date()
             do {
                 try client.waitUntilReady(timeout: 60, daemon: daemon.pid)
+                if transport == .shm {
+                    guard let status = try client.request(["cmd": "status"]), let path = status["shm_socket"] as? String else {
+                        throw DaemonError("the daemon offers no shared-memory transport (serve.shm_socket)")
+                    }
+                    try client.openSession(rank: 0, path: path)
+                }
                 try waitForLookahead(client)
                 requested = Date()
                 var epoch = loader.epoch
                 while received < batches {
                     let count = try client.consume(rank: 0, stage: "train", epoch: epoch) { message in
-                        guard case .batch(let header) = message.header else { return true }
+                        guard let header = message.batch else { return true }
                         arrivals.append((header.epoch, Date()))
                         received += 1
                         if firstBatch == nil {
                             firstBatch = Date()
+                            daemonCPUAtFirst = ProcessCPU.seconds(pid: daemon.pid)
                         } else {
                             frames += header.sequences.count
                             bytes += message.byteCount
@@ -122,6 +134,7 @@ extension NBServe {
                     if count == 0 { throw DaemonError("epoch \(epoch) has no batches") }
                     epoch += 1
                 }
+                daemonCPUAtLast = ProcessCPU.seconds(pid: daemon.pid)
                 if let status = try? client.request(["cmd": "status"], timeout: 5) {
                     peakRSS = max(peakRSS, (status["rss_mb"] as? NSNumber)?.doubleValue ?? 0)
                 }
@@ -146,6 +159,9 @@ extension NBServe {
                 "cpu_s_per_frame": .double(cpu / Double(totalFrames)),
                 "first_batch_s": .double((firstBatch ?? start).timeIntervalSince(start)),
                 "first_batch_after_ready_s": .double(firstAfterReady),
+                "transport": .string(transport.rawValue),
+                // The daemon process alone (its loop and libzmq's threads; workers are other processes).
+                "daemon_cpu_ms_per_frame": .double(1000 * max(0, (daemonCPUAtLast ?? 0) - (daemonCPUAtFirst ?? 0)) / Double(totalFrames)),
                 "batch_interval_s": .double(timing.medianInterval),
                 "epoch_gap_s": timing.largestGap.map { .double($0) } ?? .null,
                 "peak_rss_mb": .double(peakRSS),
@@ -157,6 +173,8 @@ extension NBServe {
                 print(String(format: "end to end: %d batches, %.1f frames/s, %.1f MB/s, %.4f CPU s/frame, first batch after %.2f s, peak RSS %.0f MiB",
                              received, Double(frames) / seconds, Double(bytes) / 1e6 / seconds, cpu / Double(totalFrames),
                              (firstBatch ?? start).timeIntervalSince(start), peakRSS))
+                print(String(format: "transport %@: the daemon's own CPU %.3f ms per frame (workers excluded)", transport.rawValue,
+                             1000 * max(0, (daemonCPUAtLast ?? 0) - (daemonCPUAtFirst ?? 0)) / Double(totalFrames)))
                 print(String(format: "first batch %.3f s after the request (daemon ready, decoded ahead); batch interval %.4f s (median)%@",
                              firstAfterReady, timing.medianInterval,
                              timing.largestGap.map { String(format: ", largest gap between epochs %.4f s", $0) } ?? ", no epoch boundary crossed"))
@@ -180,6 +198,24 @@ extension NBServe {
                 _ = poll(nil, 0, 20)
             }
         }
+    }
+}
+
+/// `bench --transport`.
+enum BenchTransport: String, ExpressibleByArgument, CaseIterable {
+    case shm, zmq
+}
+
+/// CPU time of one process (user + system, its threads included, its children not), from /proc.
+enum ProcessCPU {
+    static func seconds(pid: pid_t) -> Double? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")")
+        else { return nil }
+        // Fields after the command name: state is field 3; utime and stime are fields 14 and 15.
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 }
 

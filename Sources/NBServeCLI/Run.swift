@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import NBDaemon
 import NBLoader
 
@@ -35,6 +36,7 @@ extension NBServe {
         var workers: Int?
 
         func run() throws {
+            ServiceLogHandler.bootstrap()
             var statePath = resumeFrom
             if resume && statePath == nil {
                 let loaded = try loadConfig()
@@ -47,13 +49,14 @@ extension NBServe {
             let options = DaemonOptions(
                 configPath: config, executable: Self.executablePath(), resumePath: statePath, endpoint: endpoint,
                 control: control, workers: workers)
+            // Through the daemon's logger, so that under systemd the reason carries its priority too.
             do {
                 try Daemon(options: options).run()
             } catch let error as ConfigError {
-                printError("error: \(error)")
+                Daemon.log("error: \(error)", .critical)
                 throw ExitCode(2)
             } catch {
-                printError("error: \(error)")
+                Daemon.log("error: \(error)", .critical)
                 throw ExitCode.failure
             }
         }
@@ -85,6 +88,7 @@ extension NBServe {
         @Option var parent: Int32
 
         func run() throws {
+            ServiceLogHandler.bootstrap()
             // The daemon hands over the config text it read at start-up (fd 4), never the file's current
             // contents: an edited file must not change how a replacement worker lays out shared memory.
             let loaded: LoaderConfig

@@ -35,6 +35,13 @@ extension WireProtocol {
                 frameIndex: try fields.int("frame_index"), sequences: try fields.ints("sequences"),
                 orientations: try fields.ints("orientations"), rank: try fields.int("rank"),
                 worldSize: try fields.int("world_size"), tensors: try fields.tensors()))
+        case "lease":
+            let batch = BatchHeader(
+                stream: try fields.int("stream"), stage: try fields.stage(), epoch: try fields.int("epoch"), batch: try fields.int("batch"),
+                frameIndex: try fields.int("frame_index"), sequences: try fields.ints("sequences"),
+                orientations: try fields.ints("orientations"), rank: try fields.int("rank"),
+                worldSize: try fields.int("world_size"), tensors: [])
+            header = .lease(LeaseHeader(batch: batch, lease: try fields.int("lease"), tensors: try fields.sharedTensors()))
         case "end":
             header = .end(EndHeader(stream: try fields.int("stream"), stage: try fields.stage(), epoch: try fields.int("epoch"), batches: try fields.int("batches")))
         case "error":
@@ -116,6 +123,23 @@ extension WireProtocol {
                 throw .invalidField(type: type, field: "stage", reason: "'\(text)' is neither 'train' nor 'val'")
             }
             return stage
+        }
+
+        /// A lease's tensors: each a tensor object with an `offset` into the shared memory.
+        func sharedTensors() throws(WireProtocolError) -> [SharedTensor] {
+            let specs = try tensors()
+            guard case .array(let entries) = try value("tensors") else { return [] }
+            var shared: [SharedTensor] = []
+            for (index, (spec, entry)) in zip(specs, entries).enumerated() {
+                guard case .object(let members) = entry, let offset = members["offset"] else {
+                    throw .missingField(type: type, field: "tensors[\(index)].offset")
+                }
+                guard let number = Self.integer(offset) else {
+                    throw .invalidField(type: type, field: "tensors[\(index)].offset", reason: "\(offset) is not an integer")
+                }
+                shared.append(SharedTensor(spec: spec, offset: number))
+            }
+            return shared
         }
 
         func tensors() throws(WireProtocolError) -> [TensorSpec] {

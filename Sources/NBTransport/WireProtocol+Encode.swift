@@ -13,25 +13,12 @@ extension WireProtocol.Header {
         json.key("type"); json.string(typeName)
         switch self {
         case .batch(let batch):
-            json.key("stream"); json.int(batch.stream)
-            json.key("stage"); json.string(batch.stage.rawValue)
-            json.key("epoch"); json.int(batch.epoch)
-            json.key("batch"); json.int(batch.batch)
-            json.key("frame_index"); json.int(batch.frameIndex)
-            json.key("rank"); json.int(batch.rank)
-            json.key("world_size"); json.int(batch.worldSize)
-            json.key("sequences"); json.ints(batch.sequences)
-            json.key("orientations"); json.ints(batch.orientations)
-            json.key("tensors")
-            json.beginArray()
-            for tensor in batch.tensors {
-                json.beginObject()
-                json.key("name"); json.string(tensor.name)
-                json.key("dtype"); json.string(tensor.dataType.littleEndianTypestr)
-                json.key("shape"); json.ints(tensor.shape)
-                json.endObject()
-            }
-            json.endArray()
+            Self.writeBatchFields(batch, into: &json)
+            Self.writeTensors(batch.tensors.map { ($0, nil) }, into: &json)
+        case .lease(let lease):
+            Self.writeBatchFields(lease.batch, into: &json)
+            json.key("lease"); json.int(lease.lease)
+            Self.writeTensors(lease.tensors.map { ($0.spec, $0.offset) }, into: &json)
         case .end(let end):
             json.key("stream"); json.int(end.stream)
             json.key("stage"); json.string(end.stage.rawValue)
@@ -49,6 +36,33 @@ extension WireProtocol.Header {
         }
         json.endObject()
         return json.bytes
+    }
+
+    /// `"tensors"`: name, dtype and shape of each, and where it lies in shared memory for a lease.
+    private static func writeTensors(_ tensors: [(WireProtocol.TensorSpec, Int?)], into json: inout JSONWriter) {
+        json.key("tensors")
+        json.beginArray()
+        for (tensor, offset) in tensors {
+            json.beginObject()
+            json.key("name"); json.string(tensor.name)
+            json.key("dtype"); json.string(tensor.dataType.littleEndianTypestr)
+            json.key("shape"); json.ints(tensor.shape)
+            if let offset { json.key("offset"); json.int(offset) }
+            json.endObject()
+        }
+        json.endArray()
+    }
+
+    private static func writeBatchFields(_ batch: WireProtocol.BatchHeader, into json: inout JSONWriter) {
+        json.key("stream"); json.int(batch.stream)
+        json.key("stage"); json.string(batch.stage.rawValue)
+        json.key("epoch"); json.int(batch.epoch)
+        json.key("batch"); json.int(batch.batch)
+        json.key("frame_index"); json.int(batch.frameIndex)
+        json.key("rank"); json.int(batch.rank)
+        json.key("world_size"); json.int(batch.worldSize)
+        json.key("sequences"); json.ints(batch.sequences)
+        json.key("orientations"); json.ints(batch.orientations)
     }
 }
 

@@ -10,6 +10,14 @@ extension WireProtocol {
         switch header {
         case .batch(let batch):
             try validate(batch, payloadByteCounts: payloadByteCounts)
+        case .lease(let lease):
+            // The batch fields obey the batch rules; the tensors' bytes lie in shared memory, not in frames.
+            try validate(lease.batch, payloadByteCounts: lease.batch.tensors.map { $0.byteCount ?? -1 }, type: "lease")
+            guard lease.lease >= 1 else { throw .invalidField(type: "lease", field: "lease", reason: "\(lease.lease) is not at least 1") }
+            for (index, tensor) in lease.tensors.enumerated() where tensor.offset < 0 {
+                throw .invalidField(type: "lease", field: "tensors[\(index)].offset", reason: "\(tensor.offset) is negative")
+            }
+            try requireNoPayloads(payloadByteCounts, type: "lease")
         case .end(let end):
             try requireNonNegative(end.epoch, "epoch", in: "end")
             try requireNonNegative(end.batches, "batches", in: "end")
@@ -21,8 +29,7 @@ extension WireProtocol {
         }
     }
 
-    private static func validate(_ batch: BatchHeader, payloadByteCounts: [Int]) throws(WireProtocolError) {
-        let type = "batch"
+    private static func validate(_ batch: BatchHeader, payloadByteCounts: [Int], type: String = "batch") throws(WireProtocolError) {
         try requireNonNegative(batch.epoch, "epoch", in: type)
         try requireNonNegative(batch.batch, "batch", in: type)
         try requireNonNegative(batch.frameIndex, "frame_index", in: type)

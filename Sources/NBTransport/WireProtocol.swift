@@ -81,6 +81,36 @@ public enum WireProtocol {
         }
     }
 
+    /// A tensor of a `lease` message: where its bytes lie in the shared batch memory.
+    public struct SharedTensor: Sendable, Equatable {
+        public var spec: TensorSpec
+        /// Byte offset in the shared memory; the tensor is `spec.byteCount` bytes from there.
+        public var offset: Int
+
+        public init(spec: TensorSpec, offset: Int) {
+            self.spec = spec
+            self.offset = offset
+        }
+    }
+
+    /// The header of a `lease` message (shared-memory transport, docs/protocol.md section 7): a batch whose
+    /// tensors the trainer reads in the daemon's shared memory, until it releases `lease`.
+    public struct LeaseHeader: Sendable, Equatable {
+        public var batch: BatchHeader
+        /// The lease to release (on the shared-memory session) once no tensor of the batch is in use.
+        public var lease: Int
+        public var tensors: [SharedTensor]
+
+        /// `batch.tensors` are ignored: a lease's tensors carry their places.
+        public init(batch: BatchHeader, lease: Int, tensors: [SharedTensor]) {
+            var header = batch
+            header.tensors = tensors.map(\.spec)
+            self.batch = header
+            self.lease = lease
+            self.tensors = tensors
+        }
+    }
+
     /// The header of an `end` message: the epoch's stream for this rank is complete.
     public struct EndHeader: Sendable, Equatable {
         public var stream: Int
@@ -125,6 +155,7 @@ public enum WireProtocol {
     /// Any header (frame 0).
     public enum Header: Sendable, Equatable {
         case batch(BatchHeader)
+        case lease(LeaseHeader)
         case end(EndHeader)
         case error(ErrorHeader)
 
@@ -132,6 +163,7 @@ public enum WireProtocol {
         public var stream: Int {
             switch self {
             case .batch(let header): header.stream
+            case .lease(let header): header.batch.stream
             case .end(let header): header.stream
             case .error(let header): header.stream
             }
@@ -141,6 +173,7 @@ public enum WireProtocol {
         public var typeName: String {
             switch self {
             case .batch: "batch"
+            case .lease: "lease"
             case .end: "end"
             case .error: "error"
             }

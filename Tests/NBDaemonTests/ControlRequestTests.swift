@@ -28,6 +28,9 @@ final class ControlRequestTests: XCTestCase {
             try decode(#"{"cmd":"ack","rank":0,"stage":"train","epoch":2,"batches":5,"stream":1796186412000001}"#),
             .ack(rank: 0, stage: .train, epoch: 2, batches: 5, stream: 1_796_186_412_000_001))
         XCTAssertEqual(try decode(#"{"cmd":"length"}"#), .length(stage: .train, rank: 0, epoch: 0))
+        XCTAssertEqual(
+            try decode(#"{"cmd":"epoch","rank":0,"stage":"train","epoch":1,"transport":"shm"}"#),
+            .epoch(EpochRequest(rank: 0, stage: .train, epoch: 1, state: nil, continues: false, transport: .shm)))
         XCTAssertEqual(try decode(#"{"cmd":"status"}"#), .status)
         XCTAssertEqual(try decode(#"{"cmd":"checkpoint"}"#), .checkpoint)
         XCTAssertEqual(try decode(#"{"cmd":"stop"}"#), .stop)
@@ -54,7 +57,7 @@ final class ControlRequestTests: XCTestCase {
     func testUnknownKeysAndCommandsAreNamed() {
         assertRefused(#"{"cmd":"checkpoint","dir":"/etc"}"#, #"unknown key "dir" in a "checkpoint" request (it takes no other keys)"#)
         assertRefused(#"{"cmd":"epoch","rank":0,"stage":"train","epoch":0,"contine":true}"#,
-                      #"unknown key "contine" in a "epoch" request (it takes only continue, epoch, rank, stage, state)"#)
+                      #"unknown key "contine" in a "epoch" request (it takes only continue, epoch, rank, stage, state, transport)"#)
         assertRefused(#"{"cmd":"epoch","rank":0,"stage":"train","epoch":0,"state":{"start_epoch":0}}"#,
                       #"unknown key "start_epoch" in "state" (it takes start_epoch_idx and start_sequence_idx)"#)
         assertRefused(#"{"cmd":"reboot"}"#, #"unknown command "reboot" (commands: epoch, ack, length, status, checkpoint, stop)"#)
@@ -62,6 +65,7 @@ final class ControlRequestTests: XCTestCase {
         assertRefused(#"{"cmd":"epoch","rank":0,"stage":1,"epoch":0}"#, #""stage" must be a string, not an integer"#)
         assertRefused(#"{"cmd":"epoch","rank":0,"epoch":0}"#, #"the request needs a string "stage" (train or val)"#)
         assertRefused(#"{"cmd":"epoch","rank":0,"stage":"train","epoch":0,"continue":1}"#, #""continue" must be true or false, not an integer"#)
+        assertRefused(#"{"cmd":"epoch","rank":0,"stage":"train","epoch":0,"transport":"tcp"}"#, #""transport" must be "zmq" or "shm", not "tcp""#)
         assertRefused(#"{"cmd":1}"#, #""cmd" must be a string, not an integer"#)
         assertRefused(#"{"rank":1}"#, #"the request has no "cmd" (one of epoch, ack, length, status, checkpoint, stop)"#)
     }

@@ -259,6 +259,30 @@ final class WireProtocolTests: XCTestCase {
         XCTAssertEqual(try WireProtocol.decode(try WireProtocol.encode(error)), error)
     }
 
+    func testLeaseMessagesRoundTripAndAreChecked() throws {
+        let (header, _, _) = Self.sampleBatch()
+        var offset = 4096
+        let tensors = header.tensors.map { spec -> WireProtocol.SharedTensor in
+            defer { offset += spec.byteCount! + 64 }
+            return WireProtocol.SharedTensor(spec: spec, offset: offset)
+        }
+        let lease = WireProtocol.LeaseHeader(batch: header, lease: 12, tensors: tensors)
+        let frames = try WireProtocol.encode(.init(header: .lease(lease)))
+        XCTAssertEqual(frames.count, 1, "a lease is one frame: the tensors stay in shared memory")
+        let text = String(decoding: frames[0], as: UTF8.self)
+        XCTAssertTrue(text.hasPrefix(#"{"v":1,"type":"lease","stream":7,"#), text)
+        XCTAssertTrue(text.contains(#""lease":12,"#) && text.contains(#""offset":4096}"#), text)
+        XCTAssertEqual(try WireProtocol.decode(frames).header, .lease(lease))
+        assertRefused(frames + [[1]], .frameCountMismatch(type: "lease", expected: 1, found: 2))
+        var negative = lease
+        negative.tensors[0].offset = -1
+        XCTAssertThrowsError(try WireProtocol.Header.lease(negative).encoded()) { error in
+            XCTAssertEqual(error as? WireProtocolError, .invalidField(type: "lease", field: "tensors[0].offset", reason: "-1 is negative"))
+        }
+        let missing = text.replacingOccurrences(of: #","offset":4096"#, with: "")
+        assertRefused([Array(missing.utf8)], .missingField(type: "lease", field: "tensors[0].offset"))
+    }
+
     // MARK: Refusals
 
     private func assertRefused(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import shutil
 import signal
@@ -670,9 +671,41 @@ def test_bench_end_to_end_reports_first_batch_and_epoch_gap(binary, dataset, tmp
     fields the README's table is made of (their values are measurements, checked only for sanity here)."""
     config = daemon_config(dataset, tmp_path)
     per_epoch = len(support.nb_plan(binary, config, epoch=0))
-    result = support.run_ok(binary, "bench", "--config", str(config), "--batches", str(per_epoch + 3), "--workers", "2", "--json")
-    report = json.loads(result.stdout)
-    assert report["batches"] == per_epoch + 3
-    assert report["frames_per_s"] > 0 and report["batch_interval_s"] > 0
-    assert report["epoch_gap_s"] is not None and report["epoch_gap_s"] > 0
-    assert 0 < report["first_batch_after_ready_s"] <= report["first_batch_s"] + 30
+    for transport in ("shm", "zmq"):
+        result = support.run_ok(binary, "bench", "--config", str(config), "--batches", str(per_epoch + 3), "--workers", "2",
+                                "--transport", transport, "--json")
+        report = json.loads(result.stdout)
+        assert report["batches"] == per_epoch + 3 and report["transport"] == transport
+        assert report["frames_per_s"] > 0 and report["batch_interval_s"] > 0
+        assert report["epoch_gap_s"] is not None and report["epoch_gap_s"] > 0
+        assert 0 < report["first_batch_after_ready_s"] <= report["first_batch_s"] + 30
+        assert report["daemon_cpu_ms_per_frame"] >= 0
+
+
+def test_logs_carry_journald_priorities_under_systemd(binary, dataset, tmp_path):
+    """With stderr being the journal stream systemd names (JOURNAL_STREAM), every line starts with its syslog
+    priority and carries no timestamp; elsewhere lines are timestamped with a level word."""
+    import subprocess
+    config = daemon_config(dataset, tmp_path, state_dir=str(tmp_path / "blocked" / "state"))
+    (tmp_path / "blocked").write_text("")  # the resume state cannot be written: an error-level line
+    log_path = tmp_path / "journal.log"
+    with open(log_path, "w") as log:
+        info = os.fstat(log.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}
+        process = subprocess.Popen([str(binary), "run", "--config", str(config)], stderr=log, stdout=log, env=env)
+        try:
+            control = yaml.safe_load(open(config))["serve"]["control"]
+            deadline = time.monotonic() + WAIT_S
+            while raw_request(control, b'{"cmd":"status"}', timeout_s=0.5) is None:
+                assert time.monotonic() < deadline and process.poll() is None
+            assert raw_request(control, b'{"cmd":"epoch","rank":0,"stage":"train","epoch":0}')["ok"]
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(WAIT_S) == 1
+        finally:
+            if process.poll() is None:
+                process.kill()
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    assert lines and all(re.match(r"<[0-7]>nb-serve", line) for line in lines), lines
+    assert any(line.startswith("<6>nb-serve: serving ranks") for line in lines), lines
+    assert any(line.startswith("<3>nb-serve: could not write the resume state") for line in lines), lines
+    assert not any(re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d", line) for line in lines), lines

@@ -25,6 +25,15 @@ struct EpochRequest: Equatable {
     var state: ResumeState?
     /// Continue the stage's current (epoch) stream at the first unacknowledged batch.
     var continues: Bool
+    /// How batches reach the trainer.
+    var transport: Transport = .frames
+}
+
+/// How a stream's batches reach the trainer: as ZeroMQ frames (anywhere), or as leases of the daemon's
+/// shared memory (a trainer on the same host with a shared-memory session).
+enum Transport: String, Equatable {
+    case frames = "zmq"
+    case shm
 }
 
 /// One request on the control socket, decoded strictly: one JSON object, a known `cmd`, exactly the keys
@@ -66,10 +75,10 @@ enum ControlRequest: Equatable {
         guard let name = command.stringValue else { throw .invalid("\"cmd\" must be a string, not \(kind(command))") }
         switch name {
         case "epoch":
-            try fields.allow(["rank", "stage", "epoch", "state", "continue"], command: name)
+            try fields.allow(["rank", "stage", "epoch", "state", "continue", "transport"], command: name)
             return .epoch(EpochRequest(
                 rank: try fields.index("rank"), stage: try fields.stage(), epoch: try fields.index("epoch"),
-                state: try fields.state(), continues: try fields.bool("continue") ?? false))
+                state: try fields.state(), continues: try fields.bool("continue") ?? false, transport: try fields.transport()))
         case "ack":
             try fields.allow(["rank", "stage", "epoch", "batches", "stream"], command: name)
             return .ack(
@@ -148,6 +157,14 @@ enum ControlRequest: Equatable {
             guard let value = object[key] else { return nil }
             guard case .bool(let flag) = value else { throw .invalid("\"\(key)\" must be true or false, not \(ControlRequest.kind(value))") }
             return flag
+        }
+
+        func transport() throws(ControlError) -> Transport {
+            guard let value = object["transport"] else { return .frames }
+            guard let text = value.stringValue, let transport = Transport(rawValue: text) else {
+                throw .invalid("\"transport\" must be \"zmq\" or \"shm\", not \(value.stringValue.map { JSONValue.string(String($0.prefix(32))).description } ?? ControlRequest.kind(value))")
+            }
+            return transport
         }
 
         func optionalStage() throws(ControlError) -> Stage? {

@@ -77,6 +77,15 @@ extension Daemon {
     private func startEpoch(_ request: EpochRequest) throws(ControlError) -> [String: JSONValue] {
         let pair = try rankStreams(request.rank)
         let stream = pair[request.stage]
+        if request.transport == .shm {
+            guard let sessions = leaseSessions else {
+                throw .refused("the shared-memory transport is off here (serve.shm_socket; it needs an ipc control socket or an explicit path)")
+            }
+            guard sessions.session(rank: request.rank) != nil else {
+                throw .refused("rank \(request.rank) has no shared-memory session: connect to \(sessions.path) and say hello first")
+            }
+        }
+
         var reply: [String: JSONValue] = [
             "rank": .int(Int64(request.rank)), "epoch": .int(Int64(request.epoch)), "stage": .string(request.stage.rawValue),
         ]
@@ -85,6 +94,7 @@ extension Daemon {
         defer { dropQueuedTasks(notOwnedBy: stream) }
         if request.continues, stream.phase != .idle, stream.epoch == request.epoch {
             stream.resumeAtConsumed(id: streamIDs.take())
+            stream.transport = request.transport
             pair.requested(request.stage)
             Self.log("rank \(request.rank): \(request.stage.rawValue) epoch \(request.epoch) continues at batch \(stream.consumed) (stream \(stream.id))")
             reply["batches"] = .int(Int64(stream.plans.count))
@@ -107,6 +117,7 @@ extension Daemon {
             throw .refused("cannot plan \(request.stage.rawValue) epoch \(request.epoch) for rank \(request.rank): \(error)")
         }
         let adopted = stream.start(id: streamIDs.take(), epoch: request.epoch, resume: resume, plans: plans)
+        stream.transport = request.transport
         pair.requested(request.stage)
         Self.log("rank \(request.rank): \(request.stage.rawValue) epoch \(request.epoch), \(plans.count) batches\(resume.map { " from sequence \($0.startSequence)" } ?? "") (stream \(stream.id)\(adopted ? ", decoded ahead" : ""))")
         reply["batches"] = .int(Int64(plans.count))
@@ -158,6 +169,9 @@ extension Daemon {
             return .object([
                 "rank": .int(Int64(rank)), "endpoint": .string(endpoints[rank] ?? ""),
                 "on_wire": pair.onWire.map { .string($0.stage.rawValue) } ?? .null,
+                "transport": .string((pair.onWire ?? pair[pair.preferred]).transport.rawValue),
+                "shm_session": .bool(leaseSessions?.session(rank: rank) != nil),
+                "held_leases": .int(Int64(leaseSessions?.held(rank: rank) ?? 0)),
                 "train": streamStatus(pair.train), "val": streamStatus(pair.val),
             ])
         }
@@ -178,6 +192,7 @@ extension Daemon {
             "errors": .array(errors.map { .string($0) }), "uptime_s": .double(uptime),
             "frames_per_s": .double(Double(framesSent) / uptime), "bytes_per_s": .double(Double(bytesSent) / uptime),
             "queued_tasks": .int(Int64(taskQueue.count)), "control": .string(controlEndpoint),
+            "shm_socket": leaseSessions.map { .string($0.path) } ?? .null, "leases_per_rank": .int(Int64(config.serve.leaseLimit)),
             "rss_mb": .double(Self.residentMegabytes(pid: getpid()) + workerRSS),
             // What a client needs to interpret the stream without the config.
             "frames_per_sequence": .int(Int64(config.source.framesPerSequence)), "batch_size": .int(Int64(layout.batchSize)),

@@ -39,6 +39,8 @@ final class StageStream {
     private(set) var phase: Phase = .idle
     /// The current stream's id (0 while idle).
     private(set) var id = 0
+    /// How this stream's batches reach the trainer (set by each request).
+    var transport: Transport = .frames
     private(set) var epoch = 0
     /// Where the epoch was resumed from (noisebase's state), if it was.
     private(set) var resume: ResumeState?

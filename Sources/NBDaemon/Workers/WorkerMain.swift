@@ -1,5 +1,6 @@
 import CSystem
 import Glibc
+import Logging
 import NBLoader
 import NBStorage
 
@@ -79,9 +80,10 @@ public enum WorkerMain {
         return true
     }
 
+    static let logger = Logger(label: "nb-serve worker \(getpid())")
+
     static func log(_ text: String) {
-        let line = text + "\n"
-        _ = line.withCString { write(2, $0, strlen($0)) }
+        logger.error("\(text)")
     }
 }
 

@@ -62,6 +62,16 @@ public struct ServeConfig: Sendable, Equatable {
     public var worldSize = 1
     /// Ready batches kept per rank.
     public var prefetch = 4
+    /// Batches a same-host trainer may hold at once over shared memory (sent and not released); nil:
+    /// `prefetch + 4`, so a trainer keeps at least 4 batches beside its prefetched ones.
+    public var leases: Int?
+    /// The unix socket through which same-host trainers receive the shared batch memory
+    /// (`shm_socket`); nil: `shm.sock` beside an ipc control socket (none when control is tcp); "" turns
+    /// the shared-memory transport off.
+    public var shmSocket: String?
+
+    /// `leases`, or its default.
+    public var leaseLimit: Int { leases ?? prefetch + 4 }
     public var stateDirectory: String?
     /// `auto`: resume from the state directory at start-up when a state is there; `never`: do not.
     public var resume = "never"
@@ -230,6 +240,8 @@ public struct LoaderConfig: Sendable {
                 }
             case "world_size": serve.worldSize = try reader.int(value, key: path, atLeast: 1)
             case "prefetch": serve.prefetch = try reader.int(value, key: path, atLeast: 1)
+            case "leases": serve.leases = try reader.int(value, key: path, atLeast: 1)
+            case "shm_socket": serve.shmSocket = try reader.optionalString(value, key: path) ?? ""
             case "state_dir": serve.stateDirectory = try reader.optionalString(value, key: path)
             case "resume":
                 let mode = try reader.string(value, key: path)
