@@ -71,7 +71,7 @@ public final class Daemon {
     var streamIDs = StreamIDs()
     let memory: SharedBatchMemory
     let configMemory: SharedBatchMemory
-    var workers: WorkerPool!
+    let workers: WorkerPool
     /// Tasks no worker has yet, oldest first; `taskOwners` says whose they are.
     var taskQueue: [WorkerTask] = []
     var taskOwners: [Int64: TaskOwner] = [:]
