@@ -440,6 +440,13 @@ class ErrorLog:
         if entry is None or error > entry["error"]:
             self.worst[key] = {"kind": kind, "error": error, "case": case}
 
+    def merge(self, report: dict):
+        """Adds another log's as_json() (e.g. one test's, sent from a pytest-xdist worker)."""
+        self.batches += report["batches_compared"]
+        self.orientations.update(report["orientations_seen"])
+        for key, entry in report["worst"].items():
+            self.record(key, entry["kind"], entry["error"], entry["case"])
+
     def as_json(self) -> dict:
         return {"batches_compared": self.batches, "orientations_seen": sorted(self.orientations),
                 "worst": dict(sorted(self.worst.items()))}

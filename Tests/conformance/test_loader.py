@@ -73,12 +73,13 @@ def configs(tmp_path_factory):
     return ls.ConfigFactory(tmp_path_factory.mktemp("loader-configs"))
 
 
-@pytest.fixture(scope="session")
-def error_log():
-    return _ERROR_LOG
-
-
-_ERROR_LOG = ls.ErrorLog()
+@pytest.fixture
+def error_log(request):
+    """This test's worst errors per key, handed to conftest's end-of-run summary as a user property (which
+    pytest-xdist carries from its workers to the process that prints the report)."""
+    log = ls.ErrorLog()
+    yield log
+    request.node.user_properties.append(("loader_errors", log.as_json()))
 
 
 def config_for(datasets, dataset: str, overrides: dict) -> dict:
@@ -639,26 +640,3 @@ def test_bench_kernels_script_runs():
 
 def test_binary_is_present():
     ls.require_binary()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Summary (keep last)
-
-
-def test_zz_error_summary(tmp_path_factory, capsys):
-    """Writes and prints the worst error per key seen by the dump comparisons of this run."""
-    report = _ERROR_LOG.as_json()
-    report["tolerances"] = {"exact": "identical bytes", "relative": ls.RELATIVE_TOLERANCE,
-                            "absolute_px": ls.MOTION_TOLERANCE_PX}
-    text = json.dumps(report, indent=2, default=str)
-    targets = [tmp_path_factory.getbasetemp() / "loader_conformance_errors.json"]
-    if os.environ.get("NB_SERVE_LOADER_ERRORS"):
-        targets.append(Path(os.environ["NB_SERVE_LOADER_ERRORS"]))
-    for target in targets:
-        target.write_text(text + "\n")
-    with capsys.disabled():
-        print(f"\nnb-serve vs noisebase, worst error per key over {report['batches_compared']} batches "
-              f"(orientations seen: {report['orientations_seen']}):")
-        for key, entry in report["worst"].items():
-            print(f"  {key:32s} {entry['kind']:12s} {entry['error']:.3e}   ({entry['case']})")
-        print(f"  written to {', '.join(map(str, targets))}")
