@@ -113,10 +113,33 @@ def environment() -> dict:
 
 
 def train(loader: str, framework: str, daemon, out: Path, *extra) -> Run:
-    result = subprocess.run(command(loader, framework, daemon.config_path, out, daemon.control, *extra),
-                            capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=environment())
-    assert result.returncode == 0, f"{loader}/{framework} run failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return Run(out)
+    return train_together((loader, framework, out, *extra), daemon=daemon)[0]
+
+
+def train_together(*runs: tuple, daemon) -> list[Run]:
+    """Runs (loader, framework, out, *extra) trainings at the same time and waits for all of them. At most one
+    of them may read the daemon: it serves one stream per rank."""
+    assert sum(run[0] == "nbserve" for run in runs) <= 1, "two nbserve trainers would share rank 0's stream"
+    processes = []
+    for loader, framework, out, *extra in runs:
+        out.mkdir(parents=True, exist_ok=True)
+        log = open(out / "run.log", "w")
+        processes.append((loader, framework, out, log, subprocess.Popen(
+            command(loader, framework, daemon.config_path, out, daemon.control, *extra),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment())))
+    failures = []
+    for loader, framework, out, log, process in processes:
+        try:
+            process.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        if process.returncode != 0:
+            failures.append(f"{loader}/{framework} run ended with {process.returncode}:\n"
+                            f"{(out / 'run.log').read_text()[-6000:]}")
+    assert not failures, "\n".join(failures)
+    return [Run(out) for _, _, out, _, _ in processes]
 
 
 def assert_same_steps(actual: Run, expected: Run, where: str, *, exact: bool, first_step: int = 0):
@@ -157,13 +180,15 @@ def assert_same_weights(actual: Run, expected: Run, where: str):
 def lightning_runs(daemon, tmp_path_factory) -> dict[str, Run]:
     """Uninterrupted Lightning runs, with mid-epoch checkpoints, fed by each loader."""
     root = tmp_path_factory.mktemp("lightning-runs")
-    return {loader: train(loader, "lightning", daemon, root / loader, "--checkpoint-every", CHECKPOINT_EVERY)
-            for loader in ("noisebase", "nbserve")}
+    loaders = ("noisebase", "nbserve")
+    runs = train_together(*[(loader, "lightning", root / loader, "--checkpoint-every", CHECKPOINT_EVERY)
+                            for loader in loaders], daemon=daemon)
+    return dict(zip(loaders, runs))
 
 
 def test_torch_training_equals_noisebase(daemon, tmp_path):
-    noisebase = train("noisebase", "torch", daemon, tmp_path / "noisebase")
-    nbserve = train("nbserve", "torch", daemon, tmp_path / "nbserve")
+    noisebase, nbserve = train_together(("noisebase", "torch", tmp_path / "noisebase"),
+                                        ("nbserve", "torch", tmp_path / "nbserve"), daemon=daemon)
     assert len(noisebase.steps) == EPOCHS * STEPS_PER_EPOCH
     assert_same_steps(nbserve, noisebase, "torch: nbserve vs noisebase", exact=False)
     assert_same_weights(nbserve, noisebase, "torch: nbserve vs noisebase")
@@ -228,14 +253,22 @@ def test_sigkill_after_midepoch_checkpoint_then_resume_is_bit_identical(daemon, 
     assert_same_weights(resumed, uninterrupted, "resumed after SIGKILL")
 
 
-@pytest.mark.parametrize("written_by, resumed_by", [("noisebase", "nbserve"), ("nbserve", "noisebase")])
-def test_midepoch_checkpoint_resumes_across_loaders(daemon, lightning_runs, tmp_path, written_by, resumed_by):
-    checkpoints = lightning_runs[written_by].checkpoints()
-    step, state, path = next(entry for entry in checkpoints if entry[0] < STEPS_PER_EPOCH)
-    resumed = train(resumed_by, "lightning", daemon, tmp_path / "resumed", "--resume", path)
-    where = f"{written_by} checkpoint at step {step} ({state}) resumed by {resumed_by}"
-    # Bit for bit what the resuming loader's own uninterrupted run did, and (within color/depth's tolerance)
-    # what the other loader's did.
-    assert_same_steps(resumed, lightning_runs[resumed_by], where, exact=True, first_step=step)
-    assert_same_weights(resumed, lightning_runs[resumed_by], where)
-    assert_same_steps(resumed, lightning_runs[written_by], where, exact=False, first_step=step)
+def test_midepoch_checkpoints_resume_across_loaders(daemon, lightning_runs, tmp_path):
+    """A noisebase-fed trainer's checkpoint resumed by nbserve, and an nbserve-fed trainer's by noisebase (the
+    two resumed runs at the same time)."""
+    directions = [("noisebase", "nbserve"), ("nbserve", "noisebase")]
+    starts = {}
+    for written_by, resumed_by in directions:
+        step, state, path = next(entry for entry in lightning_runs[written_by].checkpoints()
+                                 if entry[0] < STEPS_PER_EPOCH)
+        starts[written_by] = (step, state, path)
+    resumed = train_together(*[(resumed_by, "lightning", tmp_path / f"{written_by}-to-{resumed_by}", "--resume",
+                                starts[written_by][2]) for written_by, resumed_by in directions], daemon=daemon)
+    for (written_by, resumed_by), run in zip(directions, resumed):
+        step, state, _ = starts[written_by]
+        where = f"{written_by} checkpoint at step {step} ({state}) resumed by {resumed_by}"
+        # Bit for bit what the resuming loader's own uninterrupted run did, and (within color/depth's
+        # tolerance) what the other loader's did.
+        assert_same_steps(run, lightning_runs[resumed_by], where, exact=True, first_step=step)
+        assert_same_weights(run, lightning_runs[resumed_by], where)
+        assert_same_steps(run, lightning_runs[written_by], where, exact=False, first_step=step)
