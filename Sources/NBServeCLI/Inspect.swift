@@ -35,7 +35,7 @@ extension NBServe {
         var regions: String?
 
         func validate() throws {
-            if regions != nil && (array != nil || npy != nil || json || verify) {
+            if regions != nil && (array != nil || npy != nil || region != nil || json || verify) {
                 throw ValidationError("--regions goes alone (no --array, --npy, --region, --json or --verify).")
             }
             if (array == nil) != (npy == nil) { throw ValidationError("--array and --npy go together.") }
