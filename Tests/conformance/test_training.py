@@ -126,7 +126,7 @@ def train_together(*runs: tuple, daemon) -> list[Run]:
         log = open(out / "run.log", "w")
         processes.append((loader, framework, out, log, subprocess.Popen(
             command(loader, framework, daemon.config_path, out, daemon.control, *extra),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment())))
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment(), cwd=out)))
     failures = []
     for loader, framework, out, log, process in processes:
         try:
@@ -233,7 +233,7 @@ def test_sigkill_after_midepoch_checkpoint_then_resume_is_bit_identical(daemon, 
     killed = subprocess.Popen(
         command("nbserve", "lightning", daemon.config_path, tmp_path / "killed", daemon.control,
                 "--checkpoint-every", CHECKPOINT_EVERY, "--pause-at-step", pause),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment())
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=tmp_path)
     try:
         wait_for_line(killed, f"paused at step {pause}", RUN_TIMEOUT_S)
     finally:

@@ -163,7 +163,10 @@ def train_lightning(args, config: dict, recorder: Recorder) -> torch.nn.Module:
     if args.checkpoint_every:
         callbacks.append(MidepochCheckpoint(dirpath=args.out / "checkpoints", every_n_train_steps=args.checkpoint_every,
                                             save_top_k=-1, filename="{epoch}-{step}"))
+    # Only the loader's MidepochCheckpoint saves (Lightning's default ModelCheckpoint would write into the
+    # working directory).
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False, deterministic=True,
+                        default_root_dir=args.out, enable_checkpointing=bool(args.checkpoint_every),
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, callbacks=callbacks)
     module = Module()
