@@ -41,6 +41,7 @@ def case_id(value):
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): run on the same pytest-xdist worker as the group")
     config.pluginmanager.register(EndOfRunReports(config), "nbserve-end-of-run-reports")
     parallel = getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") != "no"
     if parallel and not hasattr(config, "workerinput") and not os.environ.get("NB_SERVE_FIXTURES"):

@@ -37,6 +37,8 @@ sys.path.insert(0, str(REPO_ROOT / "Tests" / "fixtures"))
 # Keys compared within a tolerance (exp/log computed differently); every other tensor must be identical.
 TOLERANT_KEYS = ("color", "depth")
 SEED = 1234
+# How long nbserve's loader waits for a batch: generous, so that a heavily loaded test machine is not a failure.
+TIMEOUT_S = 300.0
 
 
 def flatten(batch: dict, prefix: str = "") -> dict:
@@ -112,7 +114,7 @@ def train_torch(args, config: dict, recorder: Recorder) -> torch.nn.Module:
     else:
         from nbserve.torch import TrainingSampleLoader_v1
         loader = TrainingSampleLoader_v1(args.control, stage="train", get_epoch=get_epoch, pin_memory=False,
-                                         **loader_config(config))
+                                         timeout=TIMEOUT_S, **loader_config(config))
     model = TinyDenoiser()
     optim = optimizer(model.parameters())
     step = 0
@@ -138,7 +140,7 @@ def train_lightning(args, config: dict, recorder: Recorder) -> torch.nn.Module:
         data = TrainingSampleLoader_v1(**loader_config(config))
     else:
         from nbserve.lightning import MidepochCheckpoint, TrainingSampleLoader_v1
-        data = TrainingSampleLoader_v1(args.control, pin_memory=False, **loader_config(config))
+        data = TrainingSampleLoader_v1(args.control, pin_memory=False, timeout=TIMEOUT_S, **loader_config(config))
 
     class Module(L.LightningModule):
         def __init__(self):
