@@ -18,15 +18,29 @@ if ! command -v swift >/dev/null; then
     exit 1
 fi
 
-# zarr-python 2.x writes the test fixtures; noisebase (without torch) is the semantic oracle.
+# zarr-python 2.x writes the test fixtures; noisebase is the semantic oracle; pytest-xdist runs the suite in
+# parallel; hatchling builds the client package.
 if ! python3 - <<'PY' 2>/dev/null
 import importlib.metadata as m
-import numpy, numcodecs, pytest, yaml, zmq, hydra, tqdm, imageio
+import numpy, numcodecs, pytest, xdist, yaml, zmq, hydra, tqdm, imageio, hatchling
 assert m.version("zarr").startswith("2.")
 assert m.version("noisebase") == "1.1.1"
 PY
 then
     echo "setup: installing Python test dependencies" >&2
-    python3 -m pip install -q --disable-pip-version-check 'zarr<3' numcodecs numpy pytest pyyaml pyzmq hydra-core tqdm requests imageio
+    python3 -m pip install -q --disable-pip-version-check 'zarr<3' numcodecs numpy pytest pytest-xdist pyyaml pyzmq \
+        hydra-core tqdm requests imageio hatchling
     python3 -m pip install -q --disable-pip-version-check --no-deps noisebase==1.1.1
+fi
+
+# torch and Lightning: the client's torch/Lightning tests and the training comparison with noisebase's own
+# loaders (Tests/conformance/test_training.py). torch 2.13.0 because pip finds its CPU build on the CI machines
+# (NB_SERVE_TORCH picks another requirement). Where they cannot be installed the suite still runs, and ends by
+# listing the tests it could not run.
+if ! python3 -c 'import torch, lightning' 2>/dev/null; then
+    torch_requirement="${NB_SERVE_TORCH:-torch==2.13.0}"
+    echo "setup: installing $torch_requirement and lightning" >&2
+    if ! python3 -m pip install -q --disable-pip-version-check "$torch_requirement" lightning; then
+        echo "setup: could not install torch and lightning; their tests will be reported as NOT RUN" >&2
+    fi
 fi

@@ -388,9 +388,13 @@ NB_INLINE void normal_pass(const normal_context *c, ptrdiff_t source, ptrdiff_t 
     const nb_plane screen = c->out.plane[NORMAL_SCREEN];
     store3(c->out.plane[NORMAL_WORLD], output, p, a, b, d);
     if (screen.base) {
-        store8(screen, output, 0, p, c->w[0] * a + c->w[1] * b + c->w[2] * d);
-        store8(screen, output, 1, p, c->u[0] * a + c->u[1] * b + c->u[2] * d);
-        store8(screen, output, 2, p, c->v[0] * a + c->v[1] * b + c->v[2] * d);
+        // numpy's einsum starts each sum at +0.0 and adds the products in order, so a (0, 0, 0) normal
+        // gives +0.0 even where every product is -0.0 (a negative basis component); the leading +0.0
+        // reproduces that and changes no other result (x + +0.0 == x for every x but -0.0).
+        const f8 zero = (f8){0};
+        store8(screen, output, 0, p, zero + c->w[0] * a + c->w[1] * b + c->w[2] * d);
+        store8(screen, output, 1, p, zero + c->u[0] * a + c->u[1] * b + c->u[2] * d);
+        store8(screen, output, 2, p, zero + c->v[0] * a + c->v[1] * b + c->v[2] * d);
     }
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import NBTestSupport
 import NBTransport
+import Synchronization
 import XCTest
 
 /// Sockets against a real pyzmq peer: multipart round trips both ways, back-pressure, timeouts, errors.
@@ -273,23 +274,68 @@ final class ZmqSocketTests: XCTestCase {
         context.close()
     }
 
+    /// The receive is proven blocked before the context closes: its thread is asleep in libzmq's poll(2)
+    /// (Linux's /proc shows the system call a sleeping thread is in), and it returns only after `close()`.
     func testContextCloseWakesABlockedReceive() throws {
         let context = try ZmqContext()
+        let state = BlockedReceive()
         let woke = expectation(description: "blocked receive returned")
         let thread = Thread {
             do {
                 let pull = try ZmqSocket(.pull, context: context)
                 try pull.bind("tcp://127.0.0.1:*")
+                let task = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/thread-self")
+                state.task.withLock { $0 = "/proc/" + task }
                 _ = try pull.receiveMultipart()
+                XCTFail("receive returned without a message or an error")
             } catch let error as ZmqError where error.isContextTerminated {
+                state.returnedAfterClose.store(state.closing.load(ordering: .acquiring), ordering: .releasing)
                 woke.fulfill()
             } catch {
                 XCTFail("\(error)")
             }
         }
         thread.start()
-        usleep(200_000)
+        let blocked = state.waitUntilBlockedInPoll(timeout: .seconds(10))
+        XCTAssertTrue(blocked, "the receiving thread never slept in poll(2); last seen: \(state.lastSeen)")
+        state.closing.store(true, ordering: .releasing)
         context.close()
         wait(for: [woke], timeout: 10)
+        XCTAssertTrue(state.returnedAfterClose.load(ordering: .acquiring), "the receive returned before close()")
+    }
+}
+
+/// What testContextCloseWakesABlockedReceive's receiving thread shares with the test.
+private final class BlockedReceive: Sendable {
+    /// /proc/PID/task/TID of the receiving thread, once it is about to receive.
+    let task = Mutex<String?>(nil)
+    let closing = Atomic<Bool>(false)
+    let returnedAfterClose = Atomic<Bool>(false)
+    private let seen = Mutex<String>("nothing")
+
+    var lastSeen: String { seen.withLock { $0 } }
+
+    /// Polls (bounded) until the thread is asleep (state S) in poll or ppoll, the system calls libzmq's
+    /// blocking receive waits in: x86-64 numbers 7 and 271, arm64's ppoll 73.
+    func waitUntilBlockedInPoll(timeout: Duration) -> Bool {
+        #if arch(x86_64)
+        let pollCalls: Set<Substring> = ["7", "271"]
+        #else
+        let pollCalls: Set<Substring> = ["73"]
+        #endif
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let task = task.withLock({ $0 }),
+               let syscall = try? String(contentsOfFile: task + "/syscall", encoding: .utf8),
+               let stat = try? String(contentsOfFile: task + "/stat", encoding: .utf8) {
+                let number = syscall.split(separator: " ").first ?? ""
+                // The state is the first field after the parenthesised command name.
+                let threadState = stat.split(separator: ")").last?.split(separator: " ").first ?? ""
+                seen.withLock { $0 = "syscall \(number), state \(threadState)" }
+                if pollCalls.contains(number) && threadState == "S" { return true }
+            }
+            usleep(1000)
+        }
+        return false
     }
 }

@@ -154,6 +154,38 @@ def run_nb_serve(binary, *args, cwd=None):
     )
 
 
+@dataclasses.dataclass
+class RegionBatch:
+    """One `nb-serve inspect STORE --regions LIST` run exporting every region case of a store."""
+
+    result: Result
+    outputs: dict  # RegionCase -> (line number in the list, .npy path)
+
+    def line_errors(self, line):
+        """The error lines nb-serve printed for this line of the list."""
+        return [text for text in self.result.stderr.splitlines() if f":{line}: " in text and text.startswith("error:")]
+
+
+_region_batches = {}
+
+
+def region_batch(binary, fixtures, store):
+    """Exports all of `store`'s region cases in one nb-serve run (once per session and store)."""
+    if store not in _region_batches:
+        cases = [case for case in region_cases(fixtures.manifest) if case.store == store]
+        directory = Path(tempfile.mkdtemp(prefix="regions-", dir=fixtures.root))
+        outputs, lines = {}, []
+        for number, case in enumerate(cases, start=1):
+            out = directory / f"{number}.npy"
+            outputs[case] = (number, out)
+            lines.append(f"{case.name}\t{case.spec}\t{out}\n")
+        listing = directory / "regions.tsv"
+        listing.write_text("".join(lines))
+        result = run_nb_serve(binary, fixtures.path(store), "--regions", listing)
+        _region_batches[store] = RegionBatch(result, outputs)
+    return _region_batches[store]
+
+
 def command_args(command, path, array=None, npy=None):
     """Arguments (after `inspect`) for one of the manifest's command names."""
     if command == "inspect":

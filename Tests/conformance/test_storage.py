@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from storage_harness import command_args, parse_region, run_nb_serve
+from storage_harness import command_args, parse_region, region_batch, run_nb_serve
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -263,13 +263,48 @@ def test_verify_accepts_good_store(nb_serve, fixtures, good_store):
     assert_succeeded(result)
 
 
-def test_region_matches_numpy(nb_serve, fixtures, region_case, tmp_path):
+def test_region_matches_numpy(nb_serve, fixtures, region_case):
+    """Each region case is its own test; the exports of one store come from one `--regions` run."""
     store = fixtures.path(region_case.store)
-    out = tmp_path / "region.npy"
-    result = run_nb_serve(nb_serve, store, "--array", region_case.name, "--npy", out, "--region", region_case.spec)
-    assert_succeeded(result)
+    batch = region_batch(nb_serve, fixtures, region_case.store)
+    line, out = batch.outputs[region_case]
+    errors = batch.line_errors(line)
+    check(batch.result.returncode in (0, 1) and not errors,
+          f"{region_case} (line {line}): {errors}\n{batch.result.describe()}")
     expected = expected_array(str(store), region_case.name)[parse_region(region_case.spec)]
     assert_npy_equal(out, expected, str(region_case))
+
+
+def test_region_list_reports_failing_lines_and_writes_the_others(nb_serve, fixtures, tmp_path):
+    """`--regions`: a line that cannot be read is reported with its line number (exit 1); the others are written,
+    an empty selection exports the whole array."""
+    store = fixtures.path("good/shapes.zip")
+    listing = tmp_path / "regions.tsv"
+    listing.write_text(f"d3_edges\t1:3,:,2\t{tmp_path / 'a.npy'}\n"
+                       f"no_such_array\t0\t{tmp_path / 'b.npy'}\n"
+                       f"d3_edges\t9,0,0\t{tmp_path / 'c.npy'}\n"
+                       f"d3_edges\t\t{tmp_path / 'd.npy'}\n")
+    result = run_nb_serve(nb_serve, store, "--regions", listing)
+    check(result.returncode == 1, f"expected exit status 1\n{result.describe()}")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    check(len(errors) == 2 and f"{listing}:2: " in errors[0] and "no_such_array" in errors[0]
+          and f"{listing}:3: " in errors[1], f"expected errors for lines 2 and 3\n{result.describe()}")
+    whole = expected_array(str(store), "d3_edges")
+    assert_npy_equal(tmp_path / "a.npy", whole[1:3, :, 2], "line 1")
+    assert_npy_equal(tmp_path / "d.npy", whole, "line 4")
+    check(not (tmp_path / "b.npy").exists(), "line 2 wrote a file")
+
+
+@pytest.mark.parametrize("line, others", [("d3_edges\t0,0", []), ("d3_edges\ta:b\tout.npy", []),
+                                           ("d3_edges\t0\tout.npy", ["--array", "d3_edges"])])
+def test_region_list_usage_errors_exit_2(nb_serve, fixtures, tmp_path, line, others):
+    """A malformed line (or --regions with --array) is a usage error before anything is written."""
+    listing = tmp_path / "regions.tsv"
+    listing.write_text(f"d3_edges\t0\t{tmp_path / 'first.npy'}\n{line}\n")
+    result = run_nb_serve(nb_serve, fixtures.path("good/shapes.zip"), "--regions", listing, *others)
+    check(result.returncode == 2, f"expected exit status 2\n{result.describe()}")
+    check(others or f"{listing}:2:" in result.stderr, f"the message does not name line 2\n{result.describe()}")
+    check(not (tmp_path / "first.npy").exists(), "a line was written despite the usage error")
 
 
 def test_relative_store_path_works(nb_serve, fixtures):
