@@ -19,17 +19,17 @@ if ! command -v swift >/dev/null; then
 fi
 
 # zarr-python 2.x writes the test fixtures; noisebase is the semantic oracle; pytest-xdist runs the suite in
-# parallel; hatchling builds the client package.
+# parallel; flit_core builds the client package (installed offline, without build isolation, in its test).
 if ! python3 - <<'PY' 2>/dev/null
 import importlib.metadata as m
-import numpy, numcodecs, pytest, xdist, yaml, zmq, hydra, tqdm, imageio, hatchling
+import numpy, numcodecs, pytest, xdist, yaml, zmq, hydra, tqdm, imageio, flit_core
 assert m.version("zarr").startswith("2.")
 assert m.version("noisebase") == "1.1.1"
 PY
 then
     echo "setup: installing Python test dependencies" >&2
     python3 -m pip install -q --disable-pip-version-check 'zarr<3' numcodecs numpy pytest pytest-xdist pyyaml pyzmq \
-        hydra-core tqdm requests imageio hatchling
+        hydra-core tqdm requests imageio flit_core
     python3 -m pip install -q --disable-pip-version-check --no-deps noisebase==1.1.1
 fi
 
