@@ -90,7 +90,9 @@ public final class ZarrGroup {
     }
 
     /// Error texts from lower layers start with the file path; ours add it again, once.
+    /// (Lower layers print the path escaped, as `displayText` does.)
     private static func stripFile(_ text: String, _ path: String) -> String {
-        text.hasPrefix(path + ": ") ? String(text.dropFirst(path.count + 2)) : text
+        let shown = displayText(path) + ": "
+        return text.hasPrefix(shown) ? String(text.dropFirst(shown.count)) : text
     }
 }
