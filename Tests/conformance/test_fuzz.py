@@ -336,7 +336,7 @@ def invalid_requests() -> list[tuple[str, bytes | list[bytes]]]:
         ("cmd null", j({"cmd": None})),
         ("unknown cmd", j({"cmd": "format_disk"})),
         ("unknown key on status", j({"cmd": "status", "verbose": True})),
-        ("checkpoint dir", j({"cmd": "checkpoint", "dir": "/tmp"})),
+        ("checkpoint dir", j({"cmd": "checkpoint", "dir": "elsewhere"})),
         ("rank false", j({**epoch, "rank": False})),
         ("rank true", j({**epoch, "rank": True})),
         ("rank 2^64", b'{"cmd": "epoch", "rank": 18446744073709551616, "stage": "train", "epoch": 0}'),
@@ -475,9 +475,12 @@ def test_dump_survives_mutated_sequence_files(binary, dataset, tmp_path):
 
 
 @pytest.fixture
-def daemon(binary, dataset, tmp_path):
+def daemon(binary, dataset, tmp_path, monkeypatch):
     import daemon_support
 
+    # The daemon's working directory is the test's: a request that makes it write a relative path
+    # (`checkpoint` with `dir`, before the strict decoding) writes there, not into the repository.
+    monkeypatch.chdir(tmp_path)
     config = daemon_support.daemon_config(dataset, tmp_path)
     process = daemon_support.DaemonProcess(binary, config)
     yield process
@@ -507,6 +510,10 @@ def test_random_control_requests_never_kill_the_daemon(daemon):
     failures = fuzz_control(daemon.control, lambda: daemon.process.poll() is None, CONTROL_REQUESTS, seed=3)
     assert not failures, "\n".join(failures[:10]) + "\n" + daemon.log_text()[-2000:]
     assert daemon.request({"cmd": "status"}, timeout_s=10)["ok"]
+    # `checkpoint` writes only into serve.state_dir, whatever a request says.
+    state_dir = Path(daemon.config["serve"]["state_dir"])
+    stray = [p for p in Path.cwd().rglob("resume-state.json") if state_dir not in p.parents]
+    assert not stray, f"resume states written outside serve.state_dir: {stray}"
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -543,6 +550,7 @@ def main() -> int:
     import daemon_support
 
     (work / "daemon-run").mkdir(exist_ok=True)
+    os.chdir(work / "daemon-run")  # whatever a request makes the daemon write lands here
     daemon = daemon_support.DaemonProcess(binary, daemon_support.daemon_config(dataset, work / "daemon-run"))
     control_failures = [f"{name}: {problem}" for name, frames in invalid_requests()
                         if (problem := reply_problem(control_round_trip(
