@@ -319,3 +319,28 @@ def test_escape_sequences_in_paths_reach_the_trainer_and_status_escaped(binary, 
     assert status["errors"] and not any("\x1b" in text for text in status["errors"]), status["errors"]
     log = daemon.log_text()
     assert "data\\x1b[31m" in log and "\x1b" not in log, log
+
+
+def test_a_served_file_whose_array_metadata_changed_is_refused_not_misread(binary, dataset, daemons, tmp_path):
+    copy, config = copied(dataset, tmp_path)
+    daemon = daemons(binary, config, "--workers", "1")
+    receive_epoch(daemon, 0)
+    plan = support.nb_plan(binary, config, epoch=1)
+    sequence = plan[0]["sequences"][0]
+    scene = copy / f"scene{sequence:04d}.zip"
+    # zarr-python's layout with another fill value for `reference`, written as a new file over the old.
+    rewritten = copy / "rewritten.zip"
+    with zipfile.ZipFile(scene) as source, zipfile.ZipFile(rewritten, "w") as target:
+        for info in source.infolist():
+            body = source.read(info)
+            if info.filename == "reference/.zarray":
+                meta = json.loads(body)
+                meta["fill_value"] = 7.0
+                body = json.dumps(meta, indent=4, sort_keys=True).encode()
+            target.writestr(info, body)
+    os.replace(rewritten, scene)
+    errors = [h for h in receive_epoch(daemon, 1) if h["type"] == "error"]
+    assert errors, "batches were decoded with the old .zarray of a rewritten file"
+    for header in errors:
+        assert header["file"] == str(scene) and header["array"] == "reference", header
+        assert "changed since the file was opened" in header["reason"], header

@@ -82,7 +82,7 @@ public final class ZipArchive {
 
     /// Maps the file again when the one at `path` is not the version mapped (rewritten in place,
     /// replaced, truncated). The new mapping is read like a newly opened archive.
-    private func reopenIfChanged() throws(ZipError) {
+    func reopenIfChanged() throws(ZipError) {
         guard let current = FileSignature.current(of: path) else {
             throw .io(SystemCallError(call: "stat", path: path, errno: errno))
         }
