@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what nb-serve needs to build and test, only where it is missing:
-# Debian's -dev packages for the native libraries (and systemd-analyze, which checks the service unit),
-# and the Python packages the tests use as oracles.
+# Debian's -dev packages for the native libraries (and systemd-analyze, which checks the service unit; strace,
+# which checks the daemon's system calls against the unit's filter; util-linux's setpriv and unshare), and the
+# Python packages the tests use as oracles.
 set -euo pipefail
 
-apt_packages=(pkg-config libzmq3-dev libzstd-dev libblosc-dev liblz4-dev zlib1g-dev systemd)
-if ! pkg-config --exists libzmq libzstd blosc liblz4 zlib 2>/dev/null || ! command -v systemd-analyze >/dev/null; then
+apt_packages=(pkg-config libzmq3-dev libzstd-dev libblosc-dev liblz4-dev zlib1g-dev systemd strace util-linux)
+if ! pkg-config --exists libzmq libzstd blosc liblz4 zlib 2>/dev/null || ! command -v systemd-analyze >/dev/null \
+    || ! command -v strace >/dev/null || ! command -v setpriv >/dev/null; then
     echo "setup: installing ${apt_packages[*]}" >&2
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

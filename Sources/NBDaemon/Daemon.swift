@@ -118,12 +118,10 @@ public final class Daemon {
             let shown = missing.prefix(20).joined(separator: "\n  ")
             throw DaemonError("\(missing.count) of \(config.source.sequences) sequence files are missing:\n  \(shown)\(missing.count > 20 ? "\n  …" : "")")
         }
+        try StartupCheck.run(config)
         if let path = options.resumePath ?? Self.autoResumePath(config) {
-            let state = try ResumeStateFile.read(path)
-            guard state.configFingerprint == config.fingerprint else {
-                throw DaemonError("\(path): resume state belongs to another configuration (fingerprint \(state.configFingerprint), this config is \(config.fingerprint)); refusing to resume")
-            }
-            resumeState = state
+            // Checks the version, world size, positions, seed and config fingerprint, naming the file.
+            resumeState = try ResumeStateFile.read(path, for: config)
         }
 
         // Each (rank, stage) stream has its own buffers: validation never takes the training stream's.

@@ -14,7 +14,7 @@ public struct ResumeStateFile: Codable, Sendable, Equatable {
     public var startSequence: Int
     public var writtenAt: String
 
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case version
         case configFingerprint = "config_fingerprint"
         case seed
@@ -22,6 +22,40 @@ public struct ResumeStateFile: Codable, Sendable, Equatable {
         case startEpoch = "start_epoch_idx"
         case startSequence = "start_sequence_idx"
         case writtenAt = "written_at"
+    }
+
+    public init(version: Int = 1, configFingerprint: String, seed: Int64, worldSize: Int, startEpoch: Int, startSequence: Int, writtenAt: String) {
+        self.version = version
+        self.configFingerprint = configFingerprint
+        self.seed = seed
+        self.worldSize = worldSize
+        self.startEpoch = startEpoch
+        self.startSequence = startSequence
+        self.writtenAt = writtenAt
+    }
+
+    /// Strict: every key present, no other key, each of its JSON type (Foundation refuses a bool where
+    /// an integer belongs and an integer out of range); the values' ranges are checked by `read`.
+    public init(from decoder: any Decoder) throws {
+        let unknown = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue).filter { CodingKeys(rawValue: $0) == nil }
+        if let key = unknown.sorted().first {
+            throw ResumeStateError(reason: "unknown key '\(key)' (known: \(CodingKeys.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        version = try container.decode(Int.self, forKey: .version)
+        configFingerprint = try container.decode(String.self, forKey: .configFingerprint)
+        seed = try container.decode(Int64.self, forKey: .seed)
+        worldSize = try container.decode(Int.self, forKey: .worldSize)
+        startEpoch = try container.decode(Int.self, forKey: .startEpoch)
+        startSequence = try container.decode(Int.self, forKey: .startSequence)
+        writtenAt = try container.decode(String.self, forKey: .writtenAt)
+    }
+
+    private struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
     }
 
     public var resumeState: ResumeState { ResumeState(startEpoch: startEpoch, startSequence: startSequence) }
@@ -72,9 +106,80 @@ public struct ResumeStateFile: Codable, Sendable, Equatable {
         return path
     }
 
+    /// The state at `path`, checked: the format version this build writes, a world size of at least 1,
+    /// positions ≥ 0. Every failure names the file.
     public static func read(_ path: String) throws -> ResumeStateFile {
-        try JSONDecoder().decode(ResumeStateFile.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+        func refuse(_ reason: String) -> ResumeStateError { ResumeStateError(path: path, reason: reason) }
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            let code = (error as NSError).userInfo[NSUnderlyingErrorKey].flatMap { ($0 as? NSError)?.code } ?? 0
+            throw refuse("cannot read: \(code != 0 ? String(cString: strerror(Int32(code))) : error.localizedDescription)")
+        }
+        let state: ResumeStateFile
+        do {
+            state = try JSONDecoder().decode(ResumeStateFile.self, from: data)
+        } catch let error as ResumeStateError {
+            throw refuse(error.reason)
+        } catch {
+            throw refuse("not a resume state written by nb-serve (\(describe(error)))")
+        }
+        guard state.version == currentVersion else {
+            throw refuse("format version \(state.version); this nb-serve reads version \(currentVersion)")
+        }
+        guard state.worldSize >= 1 else { throw refuse("world_size \(state.worldSize) is not ≥ 1") }
+        guard state.startEpoch >= 0 else { throw refuse("start_epoch_idx \(state.startEpoch) is negative") }
+        guard state.startSequence >= 0 else { throw refuse("start_sequence_idx \(state.startSequence) is negative") }
+        return state
     }
+
+    /// `read`, and the state must belong to `config`: the same fingerprint and the same seed.
+    public static func read(_ path: String, for config: LoaderConfig) throws -> ResumeStateFile {
+        let state = try read(path)
+        guard state.configFingerprint == config.fingerprint else {
+            throw ResumeStateError(path: path, reason: "resume state belongs to another configuration (fingerprint \(state.configFingerprint), this config is \(config.fingerprint)); refusing to resume")
+        }
+        guard state.seed == Int64(config.seed) else {
+            throw ResumeStateError(path: path, reason: "resume state was written for seed \(state.seed), this config has seed \(config.seed); refusing to resume")
+        }
+        return state
+    }
+
+    /// The format version `write` produces.
+    public static let currentVersion = 1
+
+    /// Removes what an interrupted `write` left in `directory`: a `kill -9` between creating the
+    /// temporary file and renaming it leaves `.resume-state.json.PID.tmp` behind. Only files of that
+    /// exact pattern whose writer (PID) is not this process are removed; returns their names.
+    @discardableResult
+    public static func removeStaleTemporaries(in directory: String) -> [String] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
+        let prefix = ".\(fileName)."
+        var removed: [String] = []
+        for name in names where name.hasPrefix(prefix) && name.hasSuffix(".tmp") {
+            let pid = name.dropFirst(prefix.count).dropLast(4)
+            guard !pid.isEmpty, pid.allSatisfy(\.isASCII), pid.allSatisfy(\.isNumber), Int32(pid) != getpid() else { continue }
+            if unlink(directory + "/" + name) == 0 { removed.append(name) }
+        }
+        return removed
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        switch error {
+        case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context),
+             DecodingError.keyNotFound(_, let context), DecodingError.dataCorrupted(let context):
+            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
+            return path.isEmpty ? context.debugDescription : "\(path): \(context.debugDescription)"
+        default:
+            return String(describing: error)
+        }
+    }
+}
+
+/// Why a resume state file was refused; names the file.
+public struct ResumeStateError: Error, CustomStringConvertible {
+    public var path = ""
+    public let reason: String
+    public var description: String { "\(path): \(reason)" }
 }
 
 extension LoaderConfig {

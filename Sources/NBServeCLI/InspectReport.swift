@@ -7,7 +7,8 @@ enum InspectReport {
         let header = ["array", "shape", "dtype", "chunks", "codec", "stored", "uncompressed", "ratio"]
         let rows = summaries.map { summary -> [String] in
             [
-                summary.name.isEmpty ? "(root)" : summary.name,
+                // Names come from the file: escape sequences in them are printed, never interpreted.
+                summary.name.isEmpty ? "(root)" : displayText(summary.name),
                 tuple(summary.metadata.shape),
                 summary.metadata.dataType.numpyName,
                 tuple(summary.metadata.chunks),
@@ -25,7 +26,7 @@ enum InspectReport {
         let stored = summaries.reduce(0) { $0 + $1.storedBytes }
         let total = summaries.reduce(0) { $0 + $1.byteCount }
         return ([
-            "\(path): \(summaries.count) arrays, \(bytes(stored)) stored, \(bytes(total)) uncompressed",
+            "\(displayText(path)): \(summaries.count) arrays, \(bytes(stored)) stored, \(bytes(total)) uncompressed",
             line(header),
         ] + rows.map(line)).joined(separator: "\n")
     }

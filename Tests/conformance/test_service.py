@@ -1,5 +1,6 @@
 """The systemd unit: `systemd-analyze verify` accepts it, and it runs what the README says."""
 
+import re
 import shutil
 import subprocess
 
@@ -18,6 +19,25 @@ def test_unit_verifies(tmp_path):
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [line for line in (result.stdout + result.stderr).splitlines() if "nb-serve.service" in line]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+# README "Running as a service" documents this score; a change to the unit must not make it worse.
+DOCUMENTED_EXPOSURE = 1.2
+
+
+def test_unit_security_exposure_is_not_worse_than_documented(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing (scripts/setup.sh installs systemd)"
+    binary = support.require_binary()
+    unit = tmp_path / "nb-serve.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/nb-serve", str(binary)))
+    result = subprocess.run([analyze, "security", "--offline=yes", "--no-pager", str(unit)],
+                            capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for nb-serve\.service: (\d+\.\d+)", result.stdout + result.stderr)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= DOCUMENTED_EXPOSURE, result.stdout
+    readme = (support.REPO_ROOT / "README.md").read_text()
+    assert f"scores **{DOCUMENTED_EXPOSURE}**" in readme, "README states another score"
 
 
 def test_unit_is_notify_with_sandboxing():

@@ -8,15 +8,23 @@ public final class MappedFile {
     public let count: Int
     private let base: UnsafeRawPointer?
 
+    /// The identity and version of the file that was mapped (device, inode, size, times).
+    public let signature: FileSignature
+
+    /// Maps the regular file at `path`. Anything else is refused before a byte is read: opening is
+    /// non-blocking, so a FIFO (or a device) where a file should be cannot hang the reader.
     public init(path: String) throws(SystemCallError) {
         self.path = path
-        let fd = try OwnedFileDescriptor(opening: path, flags: O_RDONLY)
+        let fd = try OwnedFileDescriptor(opening: path, flags: O_RDONLY | O_NONBLOCK)
         defer { fd.close() }
         var info = stat()
         try retryingSystemCall("fstat", path: path) { fstat(fd.rawValue, &info) }
-        if (info.st_mode & S_IFMT) == S_IFDIR {
-            throw SystemCallError(call: "open", path: path, errno: EISDIR)
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: break
+        case S_IFDIR: throw SystemCallError(call: "open", path: path, errno: EISDIR)
+        default: throw SystemCallError(call: "open", path: path, errno: EINVAL, detail: "not a regular file (\(FileSignature.kind(info.st_mode)))")
         }
+        signature = FileSignature(info)
         count = Int(info.st_size)
         if count == 0 {
             // mmap of length 0 is an error; an empty file is simply an empty byte range.

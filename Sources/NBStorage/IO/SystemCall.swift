@@ -5,9 +5,19 @@ public struct SystemCallError: Error, CustomStringConvertible, Sendable, Equatab
     public let call: String
     public let path: String
     public let errno: Int32
+    /// Says more than `errno`'s text where that would mislead (e.g. "not a regular file (a FIFO)").
+    public let detail: String?
+
+    public init(call: String, path: String, errno: Int32, detail: String? = nil) {
+        self.call = call
+        self.path = path
+        self.errno = errno
+        self.detail = detail
+    }
 
     public var description: String {
-        "\(path): \(call) failed: \(String(cString: strerror(errno))) (errno \(errno))"
+        if let detail { return displayText("\(path): \(detail)") }
+        return displayText("\(path): \(call) failed: \(String(cString: strerror(errno))) (errno \(errno))")
     }
 }
 

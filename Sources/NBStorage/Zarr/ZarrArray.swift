@@ -15,11 +15,38 @@ public final class ZarrArray {
     public var dataType: DataType { metadata.dataType }
     public var file: String { store.path }
 
-    init(name: String, metadata: ArrayMetadata, store: any ZarrStore) throws(ZarrError) {
+    /// The `.zarray` bytes `metadata` was parsed from, and the archive version they were read from: a
+    /// ZIP file changed under the reader must still hold the same `.zarray`, or chunks would be decoded
+    /// with a layout that is no longer the file's.
+    private let metadataText: [UInt8]
+    private var metadataVersion: Int
+
+    init(name: String, metadata: ArrayMetadata, metadataText: [UInt8], store: any ZarrStore) throws(ZarrError) {
         self.name = name
         self.metadata = metadata
+        self.metadataText = metadataText
         self.store = store
+        self.metadataVersion = (store as? ZipArchive)?.reopenCount ?? 0
         self.codec = try CodecRegistry.codec(for: metadata.compressor, file: store.path, array: name)
+    }
+
+    /// After the archive was mapped again, its `.zarray` must be the one this array was opened with.
+    private func checkMetadataUnchanged() throws(ZarrError) {
+        guard let archive = store as? ZipArchive else { return }
+        // Notice a change now, before the chunk is read with this metadata.
+        do { try archive.reopenIfChanged() } catch { throw .store(file: file, reason: "\(error)") }
+        guard archive.reopenCount != metadataVersion else { return }
+        let key = name.isEmpty ? ".zarray" : name + "/.zarray"
+        let current: [UInt8]?
+        do {
+            current = try archive.withContents(of: key, verifyChecksum: true) { Array($0) }
+        } catch {
+            throw .invalidMetadata(file: file, array: name, reason: "changed since the file was opened and cannot be read again: \(error)")
+        }
+        guard current == metadataText else {
+            throw .invalidMetadata(file: file, array: name, reason: "changed since the file was opened (the file was rewritten under the reader); restart to read the new layout")
+        }
+        metadataVersion = archive.reopenCount
     }
 
     deinit { scratch?.deallocate() }
@@ -178,6 +205,7 @@ public final class ZarrArray {
 
     /// Decodes the chunk at `key` into `buffer` (exactly one chunk long); false when the chunk is absent.
     private func decode(key: String, into buffer: UnsafeMutableRawBufferPointer) throws(ZarrError) -> Bool {
+        try checkMetadataUnchanged()
         do {
             let found: Void? = try store.withContents(of: key, verifyChecksum: verifyChecksums) { bytes in
                 try codec.decode(bytes, into: buffer)

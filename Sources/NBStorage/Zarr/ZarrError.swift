@@ -1,5 +1,7 @@
 /// Why a Zarr group, array or chunk could not be read. Every case names the file (the store's path) and,
 /// where it applies, the array and the chunk key, so a log line points at the exact object at fault.
+/// Names come from files: `description` and `location` pass them through `displayText`, so a name with
+/// escape sequences reaches a terminal, a log, `ctl status` or a protocol error as visible text.
 public enum ZarrError: Error, CustomStringConvertible, Sendable {
     /// The store itself could not be opened or read.
     case store(file: String, reason: String)
@@ -16,7 +18,9 @@ public enum ZarrError: Error, CustomStringConvertible, Sendable {
     /// A region outside the array's shape.
     case badRegion(file: String, array: String, reason: String)
 
-    public var description: String {
+    public var description: String { displayText(rawDescription) }
+
+    private var rawDescription: String {
         switch self {
         case .store(let file, let reason):
             return "\(file): \(reason)"
@@ -39,6 +43,11 @@ public enum ZarrError: Error, CustomStringConvertible, Sendable {
     /// The error split into what a protocol message reports: file, array (may be empty), chunk key (may
     /// be empty) and the reason on its own.
     public var location: (file: String, array: String, chunk: String, reason: String) {
+        let (file, array, chunk, reason) = rawLocation
+        return (displayText(file), displayText(array), displayText(chunk), displayText(reason))
+    }
+
+    private var rawLocation: (file: String, array: String, chunk: String, reason: String) {
         switch self {
         case .store(let file, let reason): return (file, "", "", reason)
         case .notAGroup(let file): return (file, "", "", "not a Zarr v2 group")

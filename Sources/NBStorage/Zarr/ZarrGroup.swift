@@ -69,10 +69,10 @@ public final class ZarrGroup {
     public func array(_ name: String) throws(ZarrError) -> ZarrArray {
         if let array = opened[name] { return array }
         let metadataKey = name.isEmpty ? ".zarray" : name + "/.zarray"
-        let parsed: ArrayMetadata?
+        let parsed: (ArrayMetadata, [UInt8])?
         do {
             parsed = try store.withContents(of: metadataKey, verifyChecksum: true) { bytes in
-                try ArrayMetadata(json: bytes, file: store.path, array: name)
+                (try ArrayMetadata(json: bytes, file: store.path, array: name), Array(bytes))
             }
         } catch let error as ZarrError {
             throw error
@@ -81,16 +81,18 @@ public final class ZarrGroup {
         } catch {
             throw .invalidMetadata(file: store.path, array: name, reason: "\(error)")
         }
-        guard let metadata = parsed else {
+        guard let (metadata, text) = parsed else {
             throw .missingArray(file: store.path, array: name, available: arrayNames)
         }
-        let array = try ZarrArray(name: name, metadata: metadata, store: store)
+        let array = try ZarrArray(name: name, metadata: metadata, metadataText: text, store: store)
         opened[name] = array
         return array
     }
 
     /// Error texts from lower layers start with the file path; ours add it again, once.
+    /// (Lower layers print the path escaped, as `displayText` does.)
     private static func stripFile(_ text: String, _ path: String) -> String {
-        text.hasPrefix(path + ": ") ? String(text.dropFirst(path.count + 2)) : text
+        let shown = displayText(path) + ": "
+        return text.hasPrefix(shown) ? String(text.dropFirst(shown.count)) : text
     }
 }

@@ -47,11 +47,14 @@ public final class DirectoryStore: ZarrStore {
             if name == "." || name == ".." { continue }
             let key = relative.isEmpty ? name : relative + "/" + name
             var info = stat()
-            guard stat(filePath(key), &info) == 0 else { continue }
+            guard lstat(filePath(key), &info) == 0 else { continue }
+            // Every entry is a key, whatever it is: a FIFO, a device, a symbolic link (dangling, looping
+            // or to a directory) or a directory where a chunk belongs then fails by name when read or
+            // verified instead of being skipped. Only real directories are walked (as zarr-python's
+            // os.walk does), so a link cannot make the walk loop.
+            keys.append(key)
             if (info.st_mode & S_IFMT) == S_IFDIR {
                 try collect(relative: key, into: &keys)
-            } else {
-                keys.append(key)
             }
         }
     }
@@ -62,6 +65,8 @@ public final class DirectoryStore: ZarrStore {
         return Int(info.st_size)
     }
 
+    /// A missing file (or a dangling link, as zarr-python reads it) is an absent key; anything at the
+    /// key that is not a regular file (a directory, a FIFO, a link loop) is an error naming it.
     public func withContents<R>(of key: String, verifyChecksum: Bool, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R? {
         let file: MappedFile
         do {

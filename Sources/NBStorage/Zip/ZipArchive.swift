@@ -1,9 +1,16 @@
 import CZlib
+import Glibc
 
 /// A ZIP archive read through one memory mapping, opened once and reused for every entry.
 ///
 /// Only the central directory is parsed at open time (ZIP64 included). Stored entries are handed out as
 /// slices of the mapping, without a copy; deflated entries are inflated into a temporary buffer.
+///
+/// A file changed under a long-running reader is noticed: every read compares the file at `path` (device,
+/// inode, size, mtime, ctime) with the one mapped, and a changed file is mapped again, its central
+/// directory read again and every entry's CRC-32 checked again on its next read. Damage written into the
+/// file therefore surfaces as a CRC error, never as silently different data. (The alternative, checking
+/// every entry's CRC on every read, costs far more: see README "Integrity checks".)
 public final class ZipArchive {
     /// One file inside the archive, as the central directory describes it (ZIP64 fields resolved).
     public struct Entry: Sendable {
@@ -22,10 +29,14 @@ public final class ZipArchive {
     public private(set) var entries: [String: Entry] = [:]
     /// Entry names in central-directory order.
     public private(set) var names: [String] = []
-    private let file: MappedFile
+    private var file: MappedFile
     /// Entries whose CRC-32 has been checked: each entry is checked on its first read only, so a
     /// damaged entry never yields data and repeated reads (every epoch) cost nothing extra.
     private var checksummed: [Bool] = []
+    /// How many times the file was found changed and mapped again.
+    public private(set) var reopenCount = 0
+    /// Why the changed file could not be read again, if it could not.
+    private var reopenFailure: ZipError?
 
     /// Deflate cannot expand data by more than about 1032:1, so a larger claimed size is a lie and
     /// must not size an allocation.
@@ -43,13 +54,16 @@ public final class ZipArchive {
     public func withContents<R>(
         of name: String, verifyChecksum: Bool = false, _ body: (UnsafeRawBufferPointer) throws -> R
     ) throws -> R? {
+        try reopenIfChanged()
         guard let entry = entries[name] else { return nil }
         guard let data = file.slice(offset: entry.dataOffset, count: entry.compressedSize) else {
             throw ZipError.corrupt(file: path, entry: name, reason: "data lies outside the file")
         }
         switch entry.method {
         case 0:
-            if verifyChecksum || !checksummed[entry.index] {
+            // A file changed within the timestamp clock's resolution may change again without its
+            // signature changing: until it has settled, every read is checked.
+            if verifyChecksum || !checksummed[entry.index] || file.signature.changedRecently() {
                 try checkCRC(entry, data)
                 checksummed[entry.index] = true
             }
@@ -63,6 +77,31 @@ public final class ZipArchive {
             return try output.withUnsafeBytes { try body($0) }
         default:
             throw ZipError.unsupported(file: path, entry: name, feature: "compression method \(entry.method)")
+        }
+    }
+
+    /// Maps the file again when the one at `path` is not the version mapped (rewritten in place,
+    /// replaced, truncated). The new mapping is read like a newly opened archive.
+    func reopenIfChanged() throws(ZipError) {
+        guard let current = FileSignature.current(of: path) else {
+            throw .io(SystemCallError(call: "stat", path: path, errno: errno))
+        }
+        if current == file.signature {
+            if let reopenFailure { throw reopenFailure }
+            return
+        }
+        do { file = try MappedFile(path: path) } catch { throw .io(error) }
+        entries = [:]
+        names = []
+        reopenCount += 1
+        reopenFailure = nil
+        do {
+            try readCentralDirectory()
+        } catch {
+            // Until the file changes again, every read fails the same way (an empty directory must
+            // not read as "every chunk missing", which would be fill values).
+            reopenFailure = error
+            throw error
         }
     }
 

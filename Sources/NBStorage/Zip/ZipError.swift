@@ -9,7 +9,10 @@ public enum ZipError: Error, CustomStringConvertible, Sendable, Equatable {
     /// A valid ZIP feature nb-serve does not read (encryption, multi-disk, a compression method).
     case unsupported(file: String, entry: String?, feature: String)
 
-    public var description: String {
+    /// Entry names and paths pass through `displayText`: they come from the file.
+    public var description: String { displayText(rawDescription) }
+
+    private var rawDescription: String {
         switch self {
         case .io(let error):
             return error.description
