@@ -118,7 +118,9 @@ def decodable_bit_flip(zip_path: Path, key: str) -> tuple[int, int]:
 
 def test_bits_flipped_in_a_served_file_come_out_as_errors_naming_it(binary, dataset, daemons, tmp_path):
     copy, config = copied(dataset, tmp_path)
-    plan = support.nb_plan(binary, config, epoch=1)
+    # Epoch 2 after the change: the daemon decodes epoch 1's first batches ahead while epoch 0 is read, so
+    # those carry the file as it was when they were decoded.
+    plan = support.nb_plan(binary, config, epoch=2)
     victim_batch = plan[len(plan) // 2]
     sequence, frame = victim_batch["sequences"][0], victim_batch["frame_index"]
     scene = copy / f"scene{sequence:04d}.zip"
@@ -126,7 +128,7 @@ def test_bits_flipped_in_a_served_file_come_out_as_errors_naming_it(binary, data
     offset, bit = decodable_bit_flip(scene, key)
     expected_errors = [p["batch"] for p in plan if sequence in p["sequences"] and p["frame_index"] == frame]
 
-    # One worker: it reads every chunk in epoch 0, so in epoch 1 it holds CRCs it checked before.
+    # One worker: it reads every chunk in epoch 0, so in epoch 2 it holds CRCs it checked before.
     daemon = daemons(binary, config, "--workers", "1")
     # Epoch 0 reads every file once: the worker has checked the CRCs it will otherwise trust.
     first = receive_epoch(daemon, 0)
@@ -139,7 +141,7 @@ def test_bits_flipped_in_a_served_file_come_out_as_errors_naming_it(binary, data
         fh.write(bytes([byte ^ (1 << bit)]))
     assert scene.stat().st_ino == inode  # changed in place, not replaced
 
-    second = receive_epoch(daemon, 1)
+    second = receive_epoch(daemon, 2)
     errors = [h for h in second if h["type"] == "error"]
     assert sorted(h["batch"] for h in errors) == expected_errors, (errors, daemon.log_text())
     for header in errors:
@@ -154,7 +156,7 @@ def test_a_served_file_replaced_by_rename_is_read_anew(binary, dataset, daemons,
     daemon = daemons(binary, config, "--workers", "1")
     receive_epoch(daemon, 0)
     # Replace one sequence by a damaged copy (a new inode): the daemon must read the new file.
-    plan = support.nb_plan(binary, config, epoch=1)
+    plan = support.nb_plan(binary, config, epoch=2)  # (epoch 1 begins decoded ahead, from the old file)
     sequence, frame = plan[0]["sequences"][0], plan[0]["frame_index"]
     scene = copy / f"scene{sequence:04d}.zip"
     replacement = copy / "replacement.zip"
@@ -167,7 +169,7 @@ def test_a_served_file_replaced_by_rename_is_read_anew(binary, dataset, daemons,
         fh.seek(offset)
         fh.write(bytes([byte ^ (1 << bit)]))
     os.replace(replacement, scene)
-    errors = [h for h in receive_epoch(daemon, 1) if h["type"] == "error"]
+    errors = [h for h in receive_epoch(daemon, 2) if h["type"] == "error"]
     assert errors and all(h["file"] == str(scene) and h["chunk"] == key for h in errors), errors
 
 
@@ -234,7 +236,7 @@ def test_a_fifo_or_socket_where_a_sequence_file_belongs_is_reported_at_start(bin
 
 def test_temporary_files_of_an_interrupted_checkpoint_are_removed_at_start(binary, dataset, daemons, tmp_path):
     copy, config = copied(dataset, tmp_path)
-    crashing = daemons(binary, config, env={"NB_SERVE_TEST_CRASH_BEFORE_RENAME": "1"})
+    crashing = daemons(binary, config, env={"NB_SERVE_TEST_FAULT": "crash-before-rename"})
     receive_epoch(crashing, 0)
     with pytest.raises(TimeoutError):
         crashing.request({"cmd": "checkpoint"}, timeout_s=3)
@@ -325,7 +327,7 @@ def test_a_served_file_whose_array_metadata_changed_is_refused_not_misread(binar
     copy, config = copied(dataset, tmp_path)
     daemon = daemons(binary, config, "--workers", "1")
     receive_epoch(daemon, 0)
-    plan = support.nb_plan(binary, config, epoch=1)
+    plan = support.nb_plan(binary, config, epoch=2)  # (epoch 1 begins decoded ahead, from the old file)
     sequence = plan[0]["sequences"][0]
     scene = copy / f"scene{sequence:04d}.zip"
     # zarr-python's layout with another fill value for `reference`, written as a new file over the old.
@@ -339,7 +341,7 @@ def test_a_served_file_whose_array_metadata_changed_is_refused_not_misread(binar
                 body = json.dumps(meta, indent=4, sort_keys=True).encode()
             target.writestr(info, body)
     os.replace(rewritten, scene)
-    errors = [h for h in receive_epoch(daemon, 1) if h["type"] == "error"]
+    errors = [h for h in receive_epoch(daemon, 2) if h["type"] == "error"]
     assert errors, "batches were decoded with the old .zarray of a rewritten file"
     for header in errors:
         assert header["file"] == str(scene) and header["array"] == "reference", header

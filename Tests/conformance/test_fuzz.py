@@ -488,13 +488,21 @@ def daemon(binary, dataset, tmp_path, monkeypatch):
         process.stop()
 
 
+DROPPED_BYTES = 1 << 20
+
+
 @pytest.mark.parametrize("case", [name for name, _ in invalid_requests()])
 def test_malformed_control_request_is_refused_and_the_daemon_stays_up(daemon, case):
     """Depends on the strict control decoding (docs/protocol.md, control socket)."""
     frames = dict(invalid_requests())[case]
     reply = control_round_trip(daemon.control, frames if isinstance(frames, list) else [frames], 20)
-    problem = reply_problem(reply, must_fail=case not in ANSWERED_EITHER_WAY)
-    assert problem is None, f"{case}: {problem}\n{daemon.log_text()[-2000:]}"
+    if sum(len(frame) for frame in (frames if isinstance(frames, list) else [frames])) > DROPPED_BYTES:
+        # Over libzmq's ZMQ_MAXMSGSIZE on the control socket the peer is dropped before the request reaches
+        # the loop (docs/protocol.md section 5): no reply, and nothing read into memory.
+        assert reply == "no reply within 20 s", reply
+    else:
+        problem = reply_problem(reply, must_fail=case not in ANSWERED_EITHER_WAY)
+        assert problem is None, f"{case}: {problem}\n{daemon.log_text()[-2000:]}"
     assert daemon.process.poll() is None, daemon.log_text()
     status = daemon.request({"cmd": "status"}, timeout_s=10)
     assert status["ok"], status
