@@ -36,9 +36,11 @@ let package = Package(
         .systemLibrary(name: "CBlosc", pkgConfig: "blosc", providers: [.apt(["libblosc-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // The vocabulary every layer shares: element types, JSON values, stages.
+        .target(name: "NBVocabulary"),
         .target(
             name: "NBStorage",
-            dependencies: ["CZstd", "CBlosc", "CLZ4", "CZlib"],
+            dependencies: ["NBVocabulary", "CZstd", "CBlosc", "CLZ4", "CZlib"],
             swiftSettings: tuning
         ),
         .target(name: "CSIMDMath"),
@@ -46,20 +48,20 @@ let package = Package(
         .target(name: "CDecodeKernels", dependencies: ["CSIMDMath"], cSettings: kernelFlags),
         // The native demo-dataset writer (`nb-serve demo`) and its always-optimised ray-casting kernels.
         .target(name: "CDemoKernels", cSettings: kernelFlags),
-        .target(name: "NBDemo", dependencies: ["NBStorage", "CDemoKernels"]),
+        .target(name: "NBDemo", dependencies: ["NBVocabulary", "NBStorage", "CDemoKernels"]),
         .target(
             name: "NBLoader",
-            dependencies: ["NBStorage", "CDecodeKernels", .product(name: "Yams", package: "Yams")],
+            dependencies: ["NBVocabulary", "NBStorage", "CDecodeKernels", .product(name: "Yams", package: "Yams")],
             swiftSettings: tuning
         ),
         // The ZeroMQ transport and wire protocol v1: sockets, poller, zero-copy sends, sd_notify.
-        .target(name: "NBTransport", dependencies: ["CZmq", "NBStorage"]),
+        .target(name: "NBTransport", dependencies: ["CZmq", "NBVocabulary"]),
         // The daemon: worker processes, shared batch memory, rank streams, control, resume state.
         .target(name: "CSystem"),
         // Test builds (debug) compile in the fault hooks the process tests inject (TestHooks.swift).
         .target(
             name: "NBDaemon",
-            dependencies: ["NBLoader", "NBStorage", "NBTransport", "CSystem", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["NBVocabulary", "NBLoader", "NBStorage", "NBTransport", "CSystem", .product(name: "Logging", package: "swift-log")],
             swiftSettings: [.define("NB_SERVE_TEST_HOOKS", .when(configuration: .debug))]
         ),
         .executableTarget(
@@ -67,6 +69,7 @@ let package = Package(
             dependencies: [
                 "NBStorage",
                 "NBLoader",
+                "NBVocabulary",
                 "NBTransport",
                 "NBDaemon",
                 "NBDemo",
@@ -75,10 +78,10 @@ let package = Package(
             ]
         ),
         .target(name: "NBTestSupport", path: "Tests/NBTestSupport"),
-        .testTarget(name: "NBStorageTests", dependencies: ["NBStorage", "NBTestSupport"]),
+        .testTarget(name: "NBStorageTests", dependencies: ["NBVocabulary", "NBStorage", "NBTestSupport"]),
         .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader", "CDecodeKernels", "NBTestSupport"]),
-        .testTarget(name: "NBTransportTests", dependencies: ["NBTransport", "NBTestSupport"]),
+        .testTarget(name: "NBTransportTests", dependencies: ["NBVocabulary", "NBTransport", "NBTestSupport"]),
         .testTarget(name: "NBDemoTests", dependencies: ["NBDemo", "CDemoKernels", "NBStorage", "NBTestSupport"]),
-        .testTarget(name: "NBDaemonTests", dependencies: ["NBDaemon", "NBLoader", "NBStorage", "NBTransport"]),
+        .testTarget(name: "NBDaemonTests", dependencies: ["NBVocabulary", "NBDaemon", "NBLoader", "NBStorage", "NBTransport"]),
     ]
 )

@@ -5,6 +5,7 @@ import Logging
 import NBLoader
 import NBStorage
 import NBTransport
+import NBVocabulary
 
 /// How `nb-serve run` was asked to start.
 public struct DaemonOptions: Sendable {

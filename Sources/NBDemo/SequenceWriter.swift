@@ -1,6 +1,7 @@
 import CDemoKernels
 import Foundation
 import NBStorage
+import NBVocabulary
 
 /// Renders one sequence frame by frame and writes it as noisebase stores its data (the layout documented
 /// at the top of Tests/fixtures/make_dataset.py): per-sample arrays chunked per frame and every 4 samples,

@@ -3,6 +3,7 @@ import Foundation
 import NBDaemon
 import NBLoader
 import NBStorage
+import NBVocabulary
 
 extension NBServe {
     /// `nb-serve bench`: throughput measurements.

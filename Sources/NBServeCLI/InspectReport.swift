@@ -1,5 +1,6 @@
 import Foundation
 import NBStorage
+import NBVocabulary
 
 /// How `inspect` prints array summaries: an aligned table for people, JSON for programs.
 enum InspectReport {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import NBLoader
+import NBVocabulary
 
 /// Options shared by the commands that follow a loader plan (`plan`, `dump`, `bench`).
 struct LoaderOptions: ParsableArguments {

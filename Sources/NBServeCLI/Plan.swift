@@ -1,6 +1,7 @@
 import ArgumentParser
 import NBLoader
 import NBStorage
+import NBVocabulary
 
 extension NBServe {
     /// `nb-serve plan`: the batches one rank receives in one epoch, as JSON lines.

@@ -1,5 +1,5 @@
 import Foundation
-import NBStorage
+import NBVocabulary
 
 extension WireProtocol {
     /// Decodes and strictly checks one received message (frame 0 the header, then one frame per tensor).

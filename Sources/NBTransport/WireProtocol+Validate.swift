@@ -1,4 +1,4 @@
-import NBStorage
+import NBVocabulary
 
 extension WireProtocol {
     /// Checks every rule of protocol v1 that the header and its frame lengths must obey; the encoder and the

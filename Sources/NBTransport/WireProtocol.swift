@@ -1,4 +1,4 @@
-import NBStorage
+import NBVocabulary
 
 /// nb-serve's wire protocol, version 1: how one batch (or the end of an epoch, or a failed batch) travels as a
 /// ZeroMQ multipart message. `docs/protocol.md` is the specification; this is its Swift side.
@@ -11,10 +11,8 @@ public enum WireProtocol {
     /// The protocol version this module writes and reads (`"v"` in every header).
     public static let version = 1
 
-    /// Which stream of an epoch a message belongs to.
-    public enum Stage: String, Sendable, Equatable, CaseIterable {
-        case train, val
-    }
+    /// Which stage a message belongs to (the vocabulary's `Stage`: one definition for every layer).
+    public typealias Stage = NBVocabulary.Stage
 
     /// One tensor of a batch: its key, element type and shape.
     public struct TensorSpec: Sendable, Equatable {

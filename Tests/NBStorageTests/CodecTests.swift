@@ -1,5 +1,6 @@
 import Foundation
 import NBTestSupport
+import NBVocabulary
 import XCTest
 @testable import NBStorage
 

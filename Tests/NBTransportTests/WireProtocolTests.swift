@@ -1,5 +1,5 @@
 import Foundation
-import NBStorage
+import NBVocabulary
 import NBTestSupport
 import NBTransport
 import XCTest

@@ -1,6 +1,7 @@
 import Foundation
 import NBLoader
 import NBStorage
+import NBVocabulary
 
 /// A control request refused, or one that cannot be carried out; the sentence goes back as `error`.
 enum ControlError: Error, Equatable, CustomStringConvertible {

@@ -3,6 +3,7 @@ import Glibc
 import NBLoader
 import NBStorage
 import NBTransport
+import NBVocabulary
 
 /// The control socket (REP): one JSON object per request, one per reply (docs/protocol.md section 5).
 /// Every reply has `"ok"`; a refused request has `"error"`, a sentence. Requests are decoded strictly by

@@ -2,6 +2,7 @@ import CSystem
 import Foundation
 import Glibc
 import NBStorage
+import NBVocabulary
 
 /// The trainer's end of a shared-memory session (docs/protocol.md section 7), in Swift: used by `nb-serve
 /// demo` and `nb-serve bench` so that they read batches as same-host trainers do.

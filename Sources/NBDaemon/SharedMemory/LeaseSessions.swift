@@ -2,6 +2,7 @@ import CSystem
 import Foundation
 import Glibc
 import NBStorage
+import NBVocabulary
 
 /// The shared-memory transport's sessions (docs/protocol.md section 7): same-host trainers connect to a unix
 /// socket beside the control socket, say which rank they are, and receive a read-only descriptor of the

@@ -1,4 +1,5 @@
 import NBLoader
+import NBVocabulary
 
 /// A rank's two streams, one per stage, and which of them the rank's data socket carries.
 ///

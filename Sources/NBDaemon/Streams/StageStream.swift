@@ -1,4 +1,5 @@
 import NBLoader
+import NBVocabulary
 
 /// One rank's stream of one stage: the epoch a trainer asked for, which of its batches are being decoded,
 /// which are ready, sent and acknowledged, and the buffers they live in. Batches go out strictly in plan

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import NBLoader
 import NBStorage
+import NBVocabulary
 
 /// The body of `nb-serve worker`: a single-threaded loop that decodes tasks from stdin into the shared
 /// memory on fd 3 and answers on stdout. It exits when stdin closes, and dies with the daemon

@@ -1,26 +1,10 @@
 import Foundation
+import NBVocabulary
 import Yams
 
 /// The buffers noisebase's loader can yield, in its `buffers` list spelling.
 public enum BufferName: String, CaseIterable, Sendable, Codable {
     case normal, motion, depth, w_normal, w_motion, w_position, diffuse, color, reference
-}
-
-/// A loader stage. `validation` is accepted as a spelling of `val`.
-public enum Stage: String, Sendable, Codable, CaseIterable {
-    case train, val
-
-    /// A stage as configs, commands and requests name it: `train`, `val` or noisebase's `validation`.
-    public init?(name: String) {
-        switch name {
-        case "train": self = .train
-        case "val", "validation": self = .val
-        default: return nil
-        }
-    }
-
-    /// The other stage.
-    public var other: Stage { self == .train ? .val : .train }
 }
 
 /// `src:` of a noisebase dataset config: where the sequences are and how they were rendered.

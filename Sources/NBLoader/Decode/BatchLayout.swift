@@ -1,4 +1,5 @@
 import NBStorage
+import NBVocabulary
 
 /// One tensor of a batch: its key (`prev_camera.` prefix for the previous camera), element type and
 /// shape including the batch dimension (none for `frame_index`).

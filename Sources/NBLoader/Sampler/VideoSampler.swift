@@ -1,3 +1,5 @@
+import NBVocabulary
+
 /// Where a resumed epoch starts: noisebase's `{'start_epoch_idx': …, 'start_sequence_idx': …}`.
 public struct ResumeState: Sendable, Equatable, Codable {
     public var startEpoch: Int

@@ -1,3 +1,5 @@
+import NBVocabulary
+
 /// Builds the codec a `.zarray` `compressor` object names, checking its settings.
 public enum CodecRegistry {
     /// The `id`s nb-serve decodes.

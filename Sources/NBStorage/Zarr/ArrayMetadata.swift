@@ -1,4 +1,5 @@
 import Foundation
+import NBVocabulary
 
 /// A validated Zarr v2 `.zarray`.
 public struct ArrayMetadata: Sendable {

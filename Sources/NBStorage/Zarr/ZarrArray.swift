@@ -1,3 +1,5 @@
+import NBVocabulary
+
 /// One Zarr v2 array of a group, read chunk by chunk from its store.
 ///
 /// Not safe to use from two threads at once: it keeps one scratch chunk buffer that every read reuses,

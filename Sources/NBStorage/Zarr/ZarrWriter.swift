@@ -1,4 +1,5 @@
 import CBlosc
+import NBVocabulary
 
 /// numcodecs' `Blosc` compressor settings, as written into `.zarray`.
 public struct BloscCompressor: Sendable, Equatable {
