@@ -38,9 +38,11 @@ let package = Package(
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // The vocabulary every layer shares: element types, JSON values, stages.
         .target(name: "NBVocabulary"),
+        // The system-call layer: one error type, EINTR-safe calls, whole reads and writes, wait statuses.
+        .target(name: "NBSystem", dependencies: ["NBVocabulary", "CSystem"]),
         .target(
             name: "NBStorage",
-            dependencies: ["NBVocabulary", "CZstd", "CBlosc", "CLZ4", "CZlib"],
+            dependencies: ["NBVocabulary", "NBSystem", "CZstd", "CBlosc", "CLZ4", "CZlib"],
             swiftSettings: tuning
         ),
         .target(name: "CSIMDMath"),
@@ -61,16 +63,23 @@ let package = Package(
         // Test builds (debug) compile in the fault hooks the process tests inject (TestHooks.swift).
         .target(
             name: "NBDaemon",
-            dependencies: ["NBVocabulary", "NBLoader", "NBStorage", "NBTransport", "CSystem", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "NBVocabulary", "NBSystem", "NBLoader", "NBStorage", "NBTransport", "CSystem",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: [.define("NB_SERVE_TEST_HOOKS", .when(configuration: .debug))]
         ),
+        // The trainer's side in Swift (demo, bench, ctl): control requests, data sockets, shared-memory sessions.
+        .target(name: "NBClient", dependencies: ["NBVocabulary", "NBSystem", "NBTransport", "CSystem"]),
         .executableTarget(
             name: "NBServeCLI",
             dependencies: [
                 "NBStorage",
                 "NBLoader",
                 "NBVocabulary",
+                "NBSystem",
                 "NBTransport",
+                "NBClient",
                 "NBDaemon",
                 "NBDemo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -82,6 +91,6 @@ let package = Package(
         .testTarget(name: "NBLoaderTests", dependencies: ["NBLoader", "CDecodeKernels", "NBTestSupport"]),
         .testTarget(name: "NBTransportTests", dependencies: ["NBVocabulary", "NBTransport", "NBTestSupport"]),
         .testTarget(name: "NBDemoTests", dependencies: ["NBDemo", "CDemoKernels", "NBStorage", "NBTestSupport"]),
-        .testTarget(name: "NBDaemonTests", dependencies: ["NBVocabulary", "NBDaemon", "NBLoader", "NBStorage", "NBTransport"]),
+        .testTarget(name: "NBDaemonTests", dependencies: ["NBVocabulary", "NBSystem", "NBDaemon", "NBLoader", "NBStorage", "NBTransport"]),
     ]
 )

@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import NBLoader
 import NBStorage
+import NBSystem
 import NBTransport
 import NBVocabulary
 
@@ -176,11 +177,11 @@ public final class Daemon {
         }
 
         var pipeFDs: [Int32] = [0, 0]
-        guard nb_pipe_cloexec(&pipeFDs, 1) == 0 else { throw SystemError(call: "pipe2", errno: errno) }
+        guard nb_pipe_cloexec(&pipeFDs, 1) == 0 else { throw SystemCallError(call: "pipe2", errno: errno) }
         signalPipe = pipeFDs
         signalPipeWrite = pipeFDs[1]
         var releaseFDs: [Int32] = [0, 0]
-        guard nb_pipe_cloexec(&releaseFDs, 0) == 0 else { throw SystemError(call: "pipe2", errno: errno) }
+        guard nb_pipe_cloexec(&releaseFDs, 0) == 0 else { throw SystemCallError(call: "pipe2", errno: errno) }
         // Only the reading end is non-blocking: a release must never be lost to a full pipe.
         _ = fcntl(releaseFDs[0], F_SETFL, fcntl(releaseFDs[0], F_GETFL) | O_NONBLOCK)
         releasePipe = releaseFDs

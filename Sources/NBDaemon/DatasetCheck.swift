@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import NBLoader
 import NBStorage
+import NBVocabulary
 
 /// What `nb-serve run` checks before it serves anything, so an operator hears of every problem at once
 /// instead of one per-batch error at a time later.

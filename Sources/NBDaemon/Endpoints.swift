@@ -2,6 +2,7 @@ import CSystem
 import Foundation
 import Glibc
 import NBLoader
+import NBSystem
 import NBTransport
 
 /// The daemon's trust model, applied where its sockets listen (README "Trust model"):
@@ -170,7 +171,7 @@ struct EndpointSecurity {
         if !directory.isEmpty { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
         guard try existingSocketIsStale(path, endpoint: endpoint) else { return }
         Daemon.log("removing the stale socket \(path) (nothing answers on it)")
-        guard unlink(path) == 0 || errno == ENOENT else { throw SystemError(call: "unlink(\(path))", errno: errno) }
+        guard unlink(path) == 0 || errno == ENOENT else { throw SystemCallError(call: "unlink(\(path))", errno: errno) }
     }
 
     /// False when nothing is at `path`; true when a socket is there that nobody answers on (a killed
@@ -178,7 +179,7 @@ struct EndpointSecurity {
     func existingSocketIsStale(_ path: String, endpoint: String) throws -> Bool {
         var info = stat()
         guard lstat(path, &info) == 0 else {
-            guard errno == ENOENT else { throw SystemError(call: "lstat(\(path))", errno: errno) }
+            guard errno == ENOENT else { throw SystemCallError(call: "lstat(\(path))", errno: errno) }
             return false
         }
         guard info.st_mode & S_IFMT == S_IFSOCK else {
@@ -205,7 +206,7 @@ struct EndpointSecurity {
         guard fd >= 0 else {
             let code = errno
             if code == EADDRINUSE { throw DaemonError("\(path) appeared while starting (another nb-serve starting at the same time?); refusing to take it over") }
-            throw SystemError(call: "bind(\(path))", errno: code)
+            throw SystemCallError(call: "bind(\(path))", errno: code)
         }
         guard let group else { return fd }
         if lchown(path, uid_t.max, group) != 0 {
@@ -220,7 +221,7 @@ struct EndpointSecurity {
             let code = errno
             close(fd)
             unlink(path)
-            throw SystemError(call: "chmod(\(path))", errno: code)
+            throw SystemCallError(call: "chmod(\(path))", errno: code)
         }
         return fd
     }

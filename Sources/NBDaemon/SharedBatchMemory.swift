@@ -1,5 +1,6 @@
 import CSystem
 import Glibc
+import NBSystem
 
 /// Batch buffers shared between the daemon and its workers: one anonymous memory file (`memfd`),
 /// mapped by both. Workers write decoded slots straight into it; the daemon sends from it. Nothing is
@@ -10,20 +11,20 @@ public final class SharedBatchMemory {
     public let base: UnsafeMutableRawPointer
 
     /// Creates `byteCount` bytes of shared memory (the daemon side).
-    public init(creating byteCount: Int, name: String = "nb-serve-batches") throws(SystemError) {
+    public init(creating byteCount: Int, name: String = "nb-serve-batches") throws(SystemCallError) {
         let fd = nb_memfd_create(name)
-        guard fd >= 0 else { throw SystemError(call: "memfd_create", errno: errno) }
+        guard fd >= 0 else { throw SystemCallError(call: "memfd_create", errno: errno) }
         guard ftruncate(fd, off_t(byteCount)) == 0 else {
             let code = errno
             close(fd)
-            throw SystemError(call: "sizing the shared batch memory to \(byteCount) bytes (\(byteCount >> 20) MiB)", errno: code)
+            throw SystemCallError(call: "sizing the shared batch memory to \(byteCount) bytes (\(byteCount >> 20) MiB)", errno: code)
         }
         // Every page is reserved now: too little memory is a start-up error naming the size, never a SIGBUS
         // in a worker or a trainer halfway through training.
         let reserved = nb_fallocate(fd, Int64(byteCount))
         guard reserved == 0 else {
             close(fd)
-            throw SystemError(call: "reserving \(byteCount) bytes (\(byteCount >> 20) MiB) of shared batch memory", errno: reserved)
+            throw SystemCallError(call: "reserving \(byteCount) bytes (\(byteCount >> 20) MiB) of shared batch memory", errno: reserved)
         }
         do {
             base = try Self.map(fd, byteCount)
@@ -36,27 +37,27 @@ public final class SharedBatchMemory {
     }
 
     /// Maps memory the daemon passed as descriptor `fd` (the worker side).
-    public init(mapping fd: Int32, byteCount: Int) throws(SystemError) {
+    public init(mapping fd: Int32, byteCount: Int) throws(SystemCallError) {
         var info = stat()
-        guard fstat(fd, &info) == 0 else { throw SystemError(call: "fstat(shared memory fd \(fd))", errno: errno) }
+        guard fstat(fd, &info) == 0 else { throw SystemCallError(call: "fstat(shared memory fd \(fd))", errno: errno) }
         guard Int(info.st_size) >= byteCount else {
-            throw SystemError(call: "shared memory is \(info.st_size) bytes, expected \(byteCount)", errno: EINVAL)
+            throw SystemCallError(call: "shared memory is \(info.st_size) bytes, expected \(byteCount)", errno: EINVAL)
         }
         descriptor = fd
         self.byteCount = byteCount
         base = try Self.map(fd, byteCount)
     }
 
-    private static func map(_ fd: Int32, _ count: Int) throws(SystemError) -> UnsafeMutableRawPointer {
+    private static func map(_ fd: Int32, _ count: Int) throws(SystemCallError) -> UnsafeMutableRawPointer {
         let address = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        guard let address, address != MAP_FAILED else { throw SystemError(call: "mmap(\(count))", errno: errno) }
+        guard let address, address != MAP_FAILED else { throw SystemCallError(call: "mmap(\(count))", errno: errno) }
         return address
     }
 
     /// A new read-only descriptor of the same memory, for a trainer: it can map it, never write it.
-    public func readOnlyDescriptor() throws(SystemError) -> Int32 {
+    public func readOnlyDescriptor() throws(SystemCallError) -> Int32 {
         let fd = open("/proc/self/fd/\(descriptor)", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemError(call: "open(/proc/self/fd/\(descriptor), O_RDONLY)", errno: errno) }
+        guard fd >= 0 else { throw SystemCallError(call: "open(/proc/self/fd/\(descriptor), O_RDONLY)", errno: errno) }
         return fd
     }
 
@@ -70,17 +71,4 @@ public final class SharedBatchMemory {
         munmap(base, byteCount)
         close(descriptor)
     }
-}
-
-/// A failed system call in the daemon or a worker.
-public struct SystemError: Error, CustomStringConvertible, Sendable {
-    public let call: String
-    public let errno: Int32
-
-    public init(call: String, errno: Int32) {
-        self.call = call
-        self.errno = errno
-    }
-
-    public var description: String { "\(call) failed: \(String(cString: strerror(errno)))" }
 }

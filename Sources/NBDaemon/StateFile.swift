@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import NBLoader
+import NBSystem
 
 /// The daemon's resume state on disk: noisebase's `{start_epoch_idx, start_sequence_idx}` plus what it
 /// belongs to. Written crash-safely: a temporary file in the same directory, fsync, rename over the old
@@ -62,31 +63,24 @@ public struct ResumeStateFile: Codable, Sendable, Equatable {
 
     public static let fileName = "resume-state.json"
 
-    /// Writes `self` to `directory/resume-state.json` (creating the directory).
+    /// Writes `self` to `directory/resume-state.json` (creating the directory), crash-safely: a complete
+    /// temporary file, fsync, rename over the old state, fsync of the directory.
     public func write(to directory: String) throws -> String {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try makeDirectories(directory)
         let path = directory + "/" + Self.fileName
         let temporary = directory + "/.\(Self.fileName).\(getpid()).tmp"
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let data = try encoder.encode(self) + Data("\n".utf8)
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw SystemError(call: "open(\(temporary))", errno: errno) }
-        var ok = data.withUnsafeBytes { bytes -> Bool in
-            var done = 0
-            while done < bytes.count {
-                let written = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
-                if written < 0 { if errno == EINTR { continue }; return false }
-                done += written
-            }
-            return true
-        }
-        ok = ok && fsync(fd) == 0
-        let code = errno
-        close(fd)
-        guard ok else {
+        let data = Array(try encoder.encode(self)) + Array("\n".utf8)
+        let file = try OwnedFileDescriptor(creating: temporary)
+        do {
+            try data.withUnsafeBytes { try writeAll(file.rawValue, $0, what: temporary) }
+            try retryingSystemCall("fsync", path: temporary) { fsync(file.rawValue) }
+            file.close()
+        } catch {
+            file.close()
             unlink(temporary)
-            throw SystemError(call: "write(\(temporary))", errno: code)
+            throw error
         }
         if TestHooks.crashBeforeRename {
             // Test hook: die at the worst moment, after the new file is complete but before it replaces
@@ -96,7 +90,7 @@ public struct ResumeStateFile: Codable, Sendable, Equatable {
         guard rename(temporary, path) == 0 else {
             let code = errno
             unlink(temporary)
-            throw SystemError(call: "rename(\(temporary), \(path))", errno: code)
+            throw SystemCallError(call: "rename to \(path)", path: temporary, errno: code)
         }
         let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if directoryFD >= 0 {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NBClient
 import NBDaemon
 import NBLoader
 import NBStorage

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NBClient
 import NBDaemon
 import NBLoader
 import NBTransport
@@ -68,34 +69,6 @@ extension NBServe {
             }
             if reply["ok"] as? Bool != true { throw ExitCode.failure }
         }
-    }
-}
-
-/// One request/reply exchange with the daemon's control socket, bounded in time.
-struct ControlClient {
-    let endpoint: String
-    let timeout: Double
-    var curve: ClientCurve?
-
-    func request(_ body: [String: Any]) throws -> [String: Any] {
-        let context = try ZmqContext(ioThreads: 1)
-        defer { context.close() }
-        let socket = try ZmqSocket(.req, context: context)
-        defer { socket.close() }
-        try socket.set(.linger, 0)
-        try curve?.apply(to: socket, endpoint: endpoint)
-        try checkIPCAccess(endpoint)
-        try socket.connect(endpoint)
-        let data = try JSONSerialization.data(withJSONObject: body)
-        _ = try socket.send([Array(data)])
-        guard let frames = try socket.receiveMultipart(timeout: .milliseconds(Int(timeout * 1000))), let first = frames.first else {
-            let hint = endpoint.hasPrefix("tcp://") && curve == nil ? "; if its tcp endpoints use CURVE, give --server-key and --client-key" : ""
-            throw DaemonError("no answer from \(endpoint) within \(timeout) s (is nb-serve run running?\(hint))")
-        }
-        guard let reply = try JSONSerialization.jsonObject(with: Data(first)) as? [String: Any] else {
-            throw DaemonError("\(endpoint) answered something other than a JSON object")
-        }
-        return reply
     }
 }
 

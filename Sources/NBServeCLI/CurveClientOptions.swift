@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NBClient
 import Glibc
 import NBDaemon
 import NBTransport
@@ -29,30 +30,3 @@ struct CurveClientOptions: ParsableArguments {
     }
 }
 
-/// A client's CURVE keys: applied to every tcp endpoint it connects to.
-struct ClientCurve {
-    let serverKey: CurveKey
-    let keyPair: CurveKeyPair
-
-    func apply(to socket: ZmqSocket, endpoint: String) throws {
-        guard endpoint.hasPrefix("tcp://") else { return }
-        try socket.makeCurveClient(serverKey: serverKey, keyPair: keyPair)
-    }
-}
-
-/// A clear error, rather than a wait that ends in a timeout, when this user may not connect to an ipc
-/// endpoint: connecting to a unix socket needs search permission on its directories and write
-/// permission on the socket file.
-func checkIPCAccess(_ endpoint: String) throws {
-    guard endpoint.hasPrefix("ipc://") else { return }
-    let path = String(endpoint.dropFirst(6))
-    if access(path, W_OK) == 0 { return }
-    let code = errno
-    guard code == EACCES else { return }  // ENOENT: not started yet; the timeout says so
-    var info = stat()
-    let detail = stat(path, &info) == 0
-        ? String(format: "the socket is mode %04o, group %u", info.st_mode & 0o7777, info.st_gid)
-        : "a directory on the path is not searchable"
-    throw DaemonError(
-        "permission denied connecting to \(endpoint): \(detail), and this user (uid \(getuid())) may not connect; the daemon's serve.socket_mode and serve.socket_group decide who may (README \"Trust model\")")
-}

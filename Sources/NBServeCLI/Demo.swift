@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
+import NBClient
 import NBDaemon
 import NBDemo
 import NBLoader
+import NBSystem
 import NBTransport
 
 extension NBServe {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NBStorage
+import NBSystem
 
 extension NBServe {
     /// `nb-serve inspect PATH`: what a Zarr v2 group holds, and whether every chunk decodes.

@@ -1,4 +1,5 @@
 import Glibc
+import NBSystem
 import XCTest
 
 @testable import NBDaemon

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import NBLoader
 import NBStorage
+import NBSystem
 import NBVocabulary
 
 /// The body of `nb-serve worker`: a single-threaded loop that decodes tasks from stdin into the shared
@@ -10,7 +11,7 @@ import NBVocabulary
 /// (`PR_SET_PDEATHSIG`), so no worker outlives it.
 public enum WorkerMain {
     /// The config text the daemon passed as descriptor `descriptor` (`byteCount` bytes of a memfd).
-    public static func readConfigText(descriptor: Int32, byteCount: Int) throws(SystemError) -> String {
+    public static func readConfigText(descriptor: Int32, byteCount: Int) throws(SystemCallError) -> String {
         let mapped = try SharedBatchMemory(mapping: descriptor, byteCount: max(1, byteCount))
         return String(decoding: UnsafeRawBufferPointer(start: mapped.base, count: byteCount), as: UTF8.self)
     }
@@ -28,7 +29,8 @@ public enum WorkerMain {
         }
         var decoders: [Int: FrameDecoder] = [:]
         var record = [UInt8](repeating: 0, count: WorkerTask.byteCount)
-        while readExactly(0, &record) {
+        // A task pipe that ends (the daemon closed it, or died) ends the worker; a torn record as well.
+        while (try? record.withUnsafeMutableBytes { try readExactly(0, into: $0, what: "the task pipe") }) == true {
             guard let task = WorkerTask(decoding: record) else { return 1 }
             if let poison = TestHooks.poisonSequence, task.sequence == poison {
                 // The default action, as a real bus error has: the runtime's crash handler may return from raise().
@@ -53,32 +55,10 @@ public enum WorkerMain {
                 message = ErrorReport(file: "", array: "", chunk: "", reason: "task \(task.id) does not fit the shared memory").json
             }
             let reply = WorkerResult(id: task.id, error: message).encoded
-            guard writeAll(1, reply) else { return 1 }
+            // The daemon closed its end: nothing to answer to.
+            do { try reply.withUnsafeBytes { try writeAll(1, $0, what: "the result pipe") } } catch { return 1 }
         }
         return 0
-    }
-
-    private static func readExactly(_ fd: Int32, _ buffer: inout [UInt8]) -> Bool {
-        var done = 0
-        let count = buffer.count
-        while done < count {
-            let result = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, count - done) }
-            if result > 0 { done += result; continue }
-            if result < 0 && errno == EINTR { continue }
-            return false
-        }
-        return true
-    }
-
-    private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
-        var done = 0
-        while done < bytes.count {
-            let result = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
-            if result > 0 { done += result; continue }
-            if result < 0 && errno == EINTR { continue }
-            return false
-        }
-        return true
     }
 
     static let logger = Logger(label: "nb-serve worker \(getpid())")

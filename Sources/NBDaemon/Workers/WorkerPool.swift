@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import NBSystem
 
 /// The decoding workers and their lifecycle: each slot is `running` a process, or `waiting` to be
 /// respawned after a death (with a backoff that grows while workers keep dying without finishing anything),

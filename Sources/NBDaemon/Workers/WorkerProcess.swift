@@ -1,5 +1,6 @@
 import CSystem
 import Glibc
+import NBSystem
 
 /// A decoding worker: this same executable started in its hidden `worker` mode with `posix_spawn`
 /// (fork + exec in one step), so no Swift code ever runs in a forked copy of the daemon's threads.
@@ -23,14 +24,14 @@ public final class WorkerProcess {
 
     /// Starts `executable worker ARGUMENTS…` with the shared memory `memory` as fd 3 and the config text
     /// `config` as fd 4.
-    public init(executable: String, arguments: [String], memory: Int32, config: Int32) throws(SystemError) {
+    public init(executable: String, arguments: [String], memory: Int32, config: Int32) throws(SystemCallError) {
         var taskPipe: [Int32] = [0, 0]
         var resultPipe: [Int32] = [0, 0]
-        guard nb_pipe_cloexec(&taskPipe, 0) == 0 else { throw SystemError(call: "pipe2", errno: errno) }
+        guard nb_pipe_cloexec(&taskPipe, 0) == 0 else { throw SystemCallError(call: "pipe2", errno: errno) }
         guard nb_pipe_cloexec(&resultPipe, 0) == 0 else {
             let code = errno
             Glibc.close(taskPipe[0]); Glibc.close(taskPipe[1])
-            throw SystemError(call: "pipe2", errno: code)
+            throw SystemCallError(call: "pipe2", errno: code)
         }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -50,7 +51,7 @@ public final class WorkerProcess {
         Glibc.close(resultPipe[1])
         guard result == 0 else {
             Glibc.close(taskPipe[1]); Glibc.close(resultPipe[0])
-            throw SystemError(call: "posix_spawn(\(executable))", errno: result)
+            throw SystemCallError(call: "posix_spawn(\(executable))", errno: result)
         }
         pid = child
         pidDescriptor = nb_pidfd_open(child)

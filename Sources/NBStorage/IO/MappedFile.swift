@@ -1,4 +1,5 @@
 import Glibc
+import NBSystem
 
 /// A whole file mapped read-only into memory. Readers take bounds-checked slices of it and never copy.
 ///

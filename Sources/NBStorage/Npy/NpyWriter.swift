@@ -1,4 +1,5 @@
 import Glibc
+import NBSystem
 
 /// Writes a NumPy `.npy` file (format 1.0, C order) piece by piece, so arrays larger than memory can be
 /// exported: the header first, then the data in order.
@@ -60,13 +61,7 @@ public final class NpyWriter {
 
     /// Appends raw element bytes.
     public func write(_ bytes: UnsafeRawBufferPointer) throws(SystemCallError) {
-        var done = 0
-        while done < bytes.count {
-            let written = try retryingSystemCall("write", path: path) {
-                Glibc.write(descriptor.rawValue, bytes.baseAddress! + done, bytes.count - done)
-            }
-            done += written
-        }
+        try writeAll(descriptor.rawValue, bytes, what: path)
     }
 
     /// Flushes to disk and closes.

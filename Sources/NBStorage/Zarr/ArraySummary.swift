@@ -1,3 +1,5 @@
+import NBSystem
+
 /// What `inspect` reports about one array: its metadata plus what it occupies in the store.
 public struct ArraySummary: Sendable {
     public let name: String

@@ -1,3 +1,5 @@
+import NBVocabulary
+
 /// Why a Zarr group, array or chunk could not be read. Every case names the file (the store's path) and,
 /// where it applies, the array and the chunk key, so a log line points at the exact object at fault.
 /// Names come from files: `description` and `location` pass them through `displayText`, so a name with

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import NBVocabulary
 
 /// A Zarr v2 group opened from a ZIP file or a directory, with its arrays found by their `.zarray` keys.
 /// Arrays in nested groups are named by their path, e.g. `sub/array`.

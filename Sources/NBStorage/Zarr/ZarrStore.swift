@@ -1,4 +1,5 @@
 import Glibc
+import NBSystem
 
 /// Where a Zarr group's keys live: a ZIP file (zarr-python's `ZipStore`) or a directory (`DirectoryStore`).
 /// Keys are `/`-separated paths relative to the group's root, e.g. `color/.zarray`, `color/0.0.0.0.0`.

@@ -1,5 +1,6 @@
 import CZlib
 import Glibc
+import NBSystem
 
 /// A ZIP archive read through one memory mapping, opened once and reused for every entry.
 ///

@@ -1,3 +1,6 @@
+import NBSystem
+import NBVocabulary
+
 /// Why a ZIP archive could not be opened or one of its entries read. Every case names the file.
 public enum ZipError: Error, CustomStringConvertible, Sendable, Equatable {
     /// The file could not be opened or mapped.

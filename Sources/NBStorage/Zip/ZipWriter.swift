@@ -1,5 +1,6 @@
 import CZlib
 import Glibc
+import NBSystem
 
 /// Writes a ZIP archive of stored (uncompressed) entries the way zarr-python's `ZipStore` does, so the
 /// result reads like any zarr-written store: Unix permissions 0644, no data descriptors, entries in the
@@ -232,18 +233,11 @@ public final class ZipWriter {
         guard descriptor >= 0 else { throw .finished(file: path, entry: entry) }
         let fd = descriptor
         let temporary = temporaryPath
-        var done = 0
-        while done < bytes.count {
-            let written: Int
-            do throws(SystemCallError) {
-                written = try retryingSystemCall("write", path: temporary) {
-                    Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
-                }
-            } catch {
-                abandon()
-                throw .io(error)
-            }
-            done += written
+        do throws(SystemCallError) {
+            try writeAll(fd, bytes, what: temporary)
+        } catch {
+            abandon()
+            throw .io(error)
         }
         offset += UInt64(bytes.count)
     }

@@ -1,3 +1,5 @@
+import NBSystem
+
 /// Why a ZIP archive could not be written. Every case names the archive's final path.
 public enum ZipWriterError: Error, CustomStringConvertible, Sendable, Equatable {
     /// A system call on the temporary file (or the final rename) failed; the temporary file is removed.

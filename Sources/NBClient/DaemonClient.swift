@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import NBSystem
 import NBTransport
 
 /// The trainer's side of the daemon's protocol, in Swift: used by `nb-serve demo` and `nb-serve bench`
@@ -18,15 +19,11 @@ public final class DaemonClient {
 
     /// One control request; nil when the daemon does not answer within `timeout` seconds.
     public func request(_ body: [String: Any], timeout: Double = 10) throws -> [String: Any]? {
-        let socket = try ZmqSocket(.req, context: context)
-        defer { socket.close() }
-        try socket.set(.linger, 0)
-        try socket.connect(control)
-        _ = try socket.send([Array(try JSONSerialization.data(withJSONObject: body))])
-        guard let frames = try socket.receiveMultipart(timeout: .milliseconds(Int(timeout * 1000))), let first = frames.first else {
+        do {
+            return try ControlClient(endpoint: control, timeout: timeout).request(body)
+        } catch is ClientError {
             return nil
         }
-        return try JSONSerialization.jsonObject(with: Data(first)) as? [String: Any]
     }
 
     /// Waits until the daemon answers `status`, or throws after `timeout` seconds.
@@ -34,9 +31,9 @@ public final class DaemonClient {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if (try? request(["cmd": "status"], timeout: 0.5)) != nil { return }
-            if let exit = ProcessExit.reap(daemon) { throw DaemonError("the daemon \(exit) during start-up") }
+            if let exit = ProcessExit.reap(daemon) { throw ClientError("the daemon \(exit) during start-up") }
         }
-        throw DaemonError("the daemon did not answer on \(control) within \(Int(timeout)) s")
+        throw ClientError("the daemon did not answer on \(control) within \(Int(timeout)) s")
     }
 
     /// A received message: the decoded header and the raw tensor frames.
@@ -77,7 +74,7 @@ public final class DaemonClient {
         } else {
             pull = try ZmqSocket(.pull, context: context)
             try pull.set(.linger, 0)
-            guard let endpoint = EndpointTemplate.render(endpointTemplate, rank: rank) else { throw DaemonError("bad endpoint template") }
+            guard let endpoint = EndpointTemplate.render(endpointTemplate, rank: rank) else { throw ClientError("bad endpoint template") }
             try pull.connect(endpoint)
             pulls[rank] = pull
         }
@@ -85,13 +82,13 @@ public final class DaemonClient {
         var epochRequest: [String: Any] = ["cmd": "epoch", "rank": rank, "stage": stage, "epoch": epoch]
         if session != nil { epochRequest["transport"] = "shm" }
         guard let reply = try request(epochRequest), reply["ok"] as? Bool == true, let stream = reply["stream"] as? Int else {
-            throw DaemonError("the daemon refused epoch \(epoch) for rank \(rank)")
+            throw ClientError("the daemon refused epoch \(epoch) for rank \(rank)")
         }
         var batches = 0
         var position = 0
         while true {
             guard let frames = try pull.receiveMultipart(timeout: .milliseconds(Int(timeout * 1000))), let first = frames.first else {
-                throw DaemonError("no batch within \(Int(timeout)) s")
+                throw ClientError("no batch within \(Int(timeout)) s")
             }
             let header = try WireProtocol.decodeHeader(first)
             // Left over from an earlier stream of this rank: stale.
@@ -132,7 +129,7 @@ public final class ChildDaemon {
         defer { cArguments.forEach { free($0) } }
         var child: pid_t = 0
         let result = posix_spawn(&child, executable, nil, nil, &cArguments, environ)
-        guard result == 0 else { throw SystemError(call: "posix_spawn(\(executable) run)", errno: result) }
+        guard result == 0 else { throw SystemCallError(call: "posix_spawn(\(executable) run)", errno: result) }
         pid = child
     }
 
