@@ -8,6 +8,8 @@ to it afterwards. Each run is bounded in time and address space, and its peak RS
 from __future__ import annotations
 
 import os
+import sys
+import signal
 import re
 import resource
 import subprocess
@@ -41,28 +43,44 @@ class Run:
                 f"{self.seconds:.1f} s\n--- stdout ---\n{self.stdout[-2000:]}\n--- stderr ---\n{self.stderr[-2000:]}")
 
 
-def _limit():
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
+# Runs the command from a small process of its own: Linux carries the peak RSS of whatever a process was
+# forked from across exec (signal->maxrss), so a child forked straight from a pytest worker that has loaded
+# torch would report that worker's RSS as its own. The launcher sets the address-space limit, spawns the
+# command (vfork from a ~10 MB interpreter), and reports its exit status and peak RSS on a pipe.
+_LAUNCHER = """
+import os, resource, sys
+limit, report, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+pid = os.posix_spawn(argv[0], argv, os.environ)
+_, status, usage = os.wait4(pid, 0)
+os.write(report, f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}".encode())
+"""
 
 
 def inspect(*args, timeout_s: float = RUN_TIMEOUT_S) -> Run:
     """`nb-serve inspect ARGS` under an address-space limit, killed after `timeout_s`; with its own
-    peak RSS (from wait4)."""
+    peak RSS (from wait4, in a launcher that is not a copy of this test process)."""
     argv = [str(support.require_binary()), "inspect", *map(str, args)]
     started = time.monotonic()
+    read_end, write_end = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(argv, stdout=out, stderr=err, preexec_fn=_limit)
-        timer = threading.Timer(timeout_s, process.kill)
+        process = subprocess.Popen(
+            [sys.executable, "-S", "-c", _LAUNCHER, str(ADDRESS_SPACE_LIMIT), str(write_end), *argv], stdout=out,
+            stderr=err, pass_fds=(write_end,), start_new_session=True)
+        os.close(write_end)
+        timer = threading.Timer(timeout_s, lambda: os.killpg(process.pid, signal.SIGKILL))
         timer.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            process.wait()
+            report = os.read(read_end, 100).decode().split()
         finally:
             timer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
+            os.close(read_end)
+        returncode, max_rss_kib = (int(report[0]), int(report[1])) if len(report) == 2 else (process.returncode, 0)
         out.seek(0)
         err.seek(0)
-        run = Run(argv, process.returncode, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"),
-                  usage.ru_maxrss * 1024, time.monotonic() - started)
+        run = Run(argv, returncode, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"),
+                  max_rss_kib * 1024, time.monotonic() - started)
     if run.seconds >= timeout_s:
         pytest.fail(f"did not finish within {timeout_s} s: {run.describe()}")
     return run
