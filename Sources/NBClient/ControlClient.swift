@@ -14,17 +14,21 @@ public struct ControlClient {
     public let endpoint: String
     public let timeout: Double
     public var curve: ClientCurve?
+    /// A context to open the request's socket in (kept by the caller across requests); nil: one of its own.
+    let context: ZmqContext?
 
-    public init(endpoint: String, timeout: Double, curve: ClientCurve? = nil) {
+    public init(endpoint: String, timeout: Double, curve: ClientCurve? = nil, context: ZmqContext? = nil) {
         self.endpoint = endpoint
         self.timeout = timeout
         self.curve = curve
+        self.context = context
     }
 
     /// Sends `body` and returns the reply; throws ``ClientError`` when nothing answers within `timeout`.
     public func request(_ body: [String: Any]) throws -> [String: Any] {
-        let context = try ZmqContext(ioThreads: 1)
-        defer { context.close() }
+        let owned = self.context == nil ? try ZmqContext(ioThreads: 1) : nil
+        defer { owned?.close() }
+        guard let context = self.context ?? owned else { throw ClientError("no ZeroMQ context") }
         let socket = try ZmqSocket(.req, context: context)
         defer { socket.close() }
         try socket.set(.linger, 0)

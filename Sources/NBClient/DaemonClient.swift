@@ -10,6 +10,8 @@ public final class DaemonClient {
     let context: ZmqContext
     var pulls: [Int: ZmqSocket] = [:]
     let endpointTemplate: String
+    /// The daemon's `frames_per_sequence`, learned from its status on the first epoch.
+    var framesPerSequence: Int?
 
     public init(control: String, endpointTemplate: String) throws {
         self.control = control
@@ -20,7 +22,7 @@ public final class DaemonClient {
     /// One control request; nil when the daemon does not answer within `timeout` seconds.
     public func request(_ body: [String: Any], timeout: Double = 10) throws -> [String: Any]? {
         do {
-            return try ControlClient(endpoint: control, timeout: timeout).request(body)
+            return try ControlClient(endpoint: control, timeout: timeout, context: context).request(body)
         } catch is ClientError {
             return nil
         }
@@ -84,6 +86,11 @@ public final class DaemonClient {
         guard let reply = try request(epochRequest), reply["ok"] as? Bool == true, let stream = reply["stream"] as? Int else {
             throw ClientError("the daemon refused epoch \(epoch) for rank \(rank)")
         }
+        // Acknowledged as trainers do: at every sequence group (the resume state's granularity) and at the end.
+        if framesPerSequence == nil, let status = try request(["cmd": "status"]) {
+            framesPerSequence = max(1, status["frames_per_sequence"] as? Int ?? 1)
+        }
+        let group = framesPerSequence ?? 1
         var batches = 0
         var position = 0
         while true {
@@ -93,12 +100,19 @@ public final class DaemonClient {
             let header = try WireProtocol.decodeHeader(first)
             // Left over from an earlier stream of this rank: stale.
             guard header.stream == stream else { continue }
-            if case .end = header { return batches }
+            if case .end = header {
+                if position % group != 0 {
+                    _ = try request(["cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": position, "stream": stream])
+                }
+                return batches
+            }
             if case .batch = header { batches += 1 }
             if case .lease = header { batches += 1 }
             position += 1
             let received = Received(header: header, frames: Array(frames.dropFirst()))
-            _ = try request(["cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": position, "stream": stream])
+            if position % group == 0 {
+                _ = try request(["cmd": "ack", "rank": rank, "stage": stage, "epoch": epoch, "batches": position, "stream": stream])
+            }
             let more = try body(received)
             if case .lease(let lease) = header { try session?.release([lease.lease]) }
             if !more { return batches }
