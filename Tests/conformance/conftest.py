@@ -135,3 +135,11 @@ def nb_serve():
     if not (path.is_file() and os.access(path, os.X_OK)):
         pytest.fail(f"nb-serve binary not found at {path}: run `swift build` in {REPO_ROOT} (or set NB_SERVE)")
     return path
+
+
+@pytest.fixture(scope="session")
+def binary() -> Path:
+    """The nb-serve binary under test ($NB_SERVE), for every suite that runs it."""
+    import loader_support
+
+    return loader_support.require_binary()

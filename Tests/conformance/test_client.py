@@ -104,11 +104,6 @@ BATCH = 2
 
 
 @pytest.fixture(scope="module")
-def binary() -> Path:
-    return support.require_binary()
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> support.Dataset:
     root = tmp_path_factory.mktemp("client-data")
     return support.generate_dataset(

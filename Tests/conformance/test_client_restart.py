@@ -36,11 +36,6 @@ WAIT_S = 30
 
 
 @pytest.fixture(scope="module")
-def binary() -> Path:
-    return support.require_binary()
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> support.Dataset:
     # 8 sequences of 4 frames, val_split 0.25: 6 training sequences (three groups of 2: 12 batches an epoch)
     # and 2 validation ones.

@@ -448,11 +448,6 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def binary() -> Path:
-    return support.require_binary()
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> support.Dataset:
     root = tmp_path_factory.mktemp("fuzz-data")
     return support.generate_dataset(

@@ -32,11 +32,6 @@ WAIT_S = daemon_support.WAIT_S
 
 
 @pytest.fixture(scope="module")
-def binary() -> Path:
-    return support.require_binary()
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> support.Dataset:
     root = tmp_path_factory.mktemp("shm-data")
     return support.generate_dataset(

@@ -53,11 +53,6 @@ RUN_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
-def binary() -> Path:
-    return support.require_binary()
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> support.Dataset:
     return support.generate_dataset(
         tmp_path_factory.mktemp("training-data"), "training", sequences=8, frames=FRAMES, crop=16, samples=4,

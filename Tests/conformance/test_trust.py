@@ -46,11 +46,6 @@ REFUSED_S = 1.5
 
 
 @pytest.fixture(scope="module")
-def binary() -> Path:
-    return support.require_binary()
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> support.Dataset:
     root = tmp_path_factory.mktemp("trust-data")
     return support.generate_dataset(
