@@ -317,7 +317,11 @@ public final class Daemon {
         }
         if exitTokens.contains(where: { !ready[$0].isEmpty }) || !workers.exiting.isEmpty { workers.reapExited() }
         for error in workers.respawnDue() { Self.log("could not start a replacement worker: \(error)", .error) }
-        for (token, rank) in rankTokens where ready[token].contains(.writable) {
+        // Every rank with something to send tries now, not only those the poll saw writable: a request
+        // handled in this turn (an epoch whose first batches were decoded ahead) or a lease released in it
+        // must not wait for the next wake-up. Sends never block; a full queue just ends the attempt.
+        let writable = Set(rankTokens.filter { ready[$0.0].contains(.writable) }.map(\.1))
+        for rank in ranks where writable.contains(rank) || canSend(rank) {
             try send(rank)
         }
     }
