@@ -8,19 +8,23 @@ come."""
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ._curve import CurveKeys, check_access, secure
 from ._protocol import ProtocolError, decode_header
+
+if TYPE_CHECKING:
+    from ._shm import Session
 
 
 class DaemonError(RuntimeError):
@@ -268,6 +272,7 @@ class Channel:
         self.current: dict[str, Stream | None] = {"train": None, "val": None}
         self.kept: dict[str, deque[tuple[dict[str, Any], list[zmq.Frame]]]] = {"train": deque(), "val": deque()}
         self.users = 0
+        self.session: Session | None = None  # the rank's shared-memory session in this process, once asked for
 
     @classmethod
     def acquire(cls, endpoint: str, receive_queue: int = 4, curve: CurveKeys | None = None) -> Channel:
@@ -290,6 +295,29 @@ class Channel:
                 del self._registry[key]
                 self._watch.close(self.socket)
                 self.socket.close(linger=0)
+                if self.session is not None:
+                    self.session.close()
+                    self.session = None
+
+    # -- the shared-memory session
+
+    def open_session(self, path: str, rank: int, timeout: float) -> Session:
+        """The rank's shared-memory session (docs/protocol.md section 7), opened once per process and again
+        after the daemon that served the last one went away."""
+        from ._shm import Session
+
+        with self.lock:
+            if self.session is not None and self.session.gone():
+                self.session.close()
+                self.session = None
+            if self.session is None:
+                self.session = Session(path, rank, timeout)
+            return self.session
+
+    def _discard(self, header: dict[str, Any]) -> None:
+        """Gives back the lease of a message that is dropped, not handed out."""
+        if self.session is not None and header.get("type") == "lease":
+            self.session.discard(header)
 
     # -- streams
 
@@ -303,8 +331,14 @@ class Channel:
                                     f"this client; upgrade it)")
             stage = request["stage"]
             stream = Stream(stage, request["epoch"], identifier, int(reply.get("batches", 0)), reply)
+            if request.get("transport") == "shm":
+                if self.session is None:
+                    raise ProtocolError("a shared-memory stream was asked for without a session")
+                self.session.streams.add(identifier)
             self.current[stage] = stream
-            self.kept[stage].clear()  # kept for the stream this one replaces
+            for header, _ in self.kept[stage]:  # kept for the stream this one replaces
+                self._discard(header)
+            self.kept[stage].clear()
             return stream
 
     def is_current(self, stream: Stream) -> bool:
@@ -317,6 +351,10 @@ class Channel:
             if self._watch.disconnected():
                 self.forget()
                 raise DaemonLost(f"nb-serve's data connection {self.endpoint} closed: the daemon stopped or crashed")
+            if self.session is not None and self.session.gone():
+                self.forget()
+                raise DaemonLost(f"nb-serve closed the shared-memory session of {self.endpoint}: the daemon stopped "
+                                 f"or crashed")
 
     def forget(self) -> None:
         """Forgets every stream (the daemon that served them is gone; what it left queued is stale)."""
@@ -325,6 +363,10 @@ class Channel:
             for stage in self.current:
                 self.current[stage] = None
                 self.kept[stage].clear()
+            if self.session is not None:
+                # Its leases went with the daemon; the memory stays mapped while arrays of it are used.
+                self.session.close()
+                self.session = None
 
     def receive(self, stream: Stream, timeout: float) -> tuple[dict[str, Any], list[zmq.Frame]]:
         """The next message (header, frames) of `stream`. Raises StreamLost when the stream was replaced,
@@ -340,16 +382,40 @@ class Channel:
                 if kept:
                     header, frames = kept.popleft()
                     return self._checked(stream, header), frames
+                session = self.session
+                if session is not None:
+                    session.flush()
+                    if stream.id in session.streams and len(session.held) >= session.limit \
+                            and not self.socket.poll(0):
+                        self._check_leases(session)
                 received, frames = self._receive(deadline, timeout)
                 if received is None:
                     continue  # the daemon's end closed: check_daemon says so
                 header = received
+                if header["type"] == "lease" and session is not None and header["stream"] in session.streams \
+                        and isinstance(header.get("lease"), int):
+                    session.held.add(header["lease"])  # the daemon counts it from now on, handed out or not
                 owner = self.current.get(str(header.get("stage")))
                 if owner is None or header["stream"] != owner.id:
+                    self._discard(header)
                     continue  # stale: an abandoned stream's, or a daemon's since restarted
                 if owner is stream:
                     return self._checked(stream, header), frames
                 self.kept[owner.stage].append((header, frames))
+
+    def _check_leases(self, session: Session) -> None:
+        """Raises LeaseLimit when this process holds every lease the rank may hold (none can come): after
+        collecting garbage, in case unreachable batches in reference cycles are what holds them."""
+        from ._shm import LeaseLimit
+
+        gc.collect()
+        session.flush()
+        if len(session.held) >= session.limit and not self.socket.poll(0):
+            raise LeaseLimit(
+                f"this trainer holds {len(session.held)} batches of rank {session.rank}'s shared memory, all that "
+                f"nb-serve lets a rank hold (serve.leases: {session.limit}), and waits for another, which cannot "
+                f"come: let go of kept batches (drop their arrays and tensors, or batch.release()), copy what must "
+                f"be kept (numpy's .copy()), raise serve.leases, or use transport='zmq'")
 
     @staticmethod
     def _checked(stream: Stream, header: dict[str, Any]) -> dict[str, Any]:
@@ -366,8 +432,19 @@ class Channel:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._watch.monitor, zmq.POLLIN)
+        session = self.session
+        if session is not None:
+            poller.register(session.fileno(), zmq.POLLIN)  # readable only when the daemon closed it
         remaining = deadline - time.monotonic()
-        ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
+        wait_ms = max(1, int(remaining * 1000))
+        if session is not None and session.held:
+            # Releases queued by finalizers in other threads while this one waits are sent at the next slice.
+            wait_ms = min(wait_ms, 50)
+        ready = dict(poller.poll(wait_ms)) if remaining > 0 else {}
+        if session is not None and session.fileno() in ready:
+            return None, []
+        if session is not None and not ready and time.monotonic() < deadline:
+            return None, []
         if self.socket in ready:
             frames = self.socket.recv_multipart(copy=False)
             header = decode_header(frames[0])
