@@ -234,6 +234,10 @@ def data_endpoint(endpoint: str, control: str) -> str:
 
 
 
+class Copied(dict):  # type: ignore[type-arg]
+    """The tensors of a `lease` message copied out of shared memory (its lease already given back)."""
+
+
 @dataclass(eq=False)
 class Stream:
     """One stream the trainer asked for (docs/protocol.md section 6): a stage's epoch from a position, named
@@ -409,13 +413,32 @@ class Channel:
         from ._shm import LeaseLimit
 
         gc.collect()
+        self._spill(session)
         session.flush()
         if len(session.held) >= session.limit and not self.socket.poll(0):
+            kept = sum(1 for queue in self.kept.values() for header, _ in queue if header["type"] == "lease")
             raise LeaseLimit(
-                f"this trainer holds {len(session.held)} batches of rank {session.rank}'s shared memory, all that "
+                f"this trainer holds {len(session.held)} batches of rank {session.rank}'s shared memory ({kept} of "
+                f"them received for the other stage's iterator and kept for it), all that "
                 f"nb-serve lets a rank hold (serve.leases: {session.limit}), and waits for another, which cannot "
                 f"come: let go of kept batches (drop their arrays and tensors, or batch.release()), copy what must "
                 f"be kept (numpy's .copy()), raise serve.leases, or use transport='zmq'")
+
+    def _spill(self, session: Session) -> None:
+        """Copies the batches kept aside for the other stage out of shared memory and gives their leases back.
+
+        The daemon may have sent a stage many batches ahead before the other stage was asked for (up to the
+        rank's lease limit); kept aside and not yet handed out, they would starve the stage being read. Their
+        copies are handed out later as ordinary batches (the message loses its `lease` key)."""
+        for queue in self.kept.values():
+            for position, (header, payload) in enumerate(queue):
+                if header["type"] != "lease" or "lease" not in header or header["stream"] not in session.streams:
+                    continue
+                lease, arrays = session.views(header)
+                copied = Copied({name: array.copy() for name, array in arrays.items()})
+                del arrays
+                lease.release()
+                queue[position] = ({key: value for key, value in header.items() if key != "lease"}, copied)
 
     @staticmethod
     def _checked(stream: Stream, header: dict[str, Any]) -> dict[str, Any]:

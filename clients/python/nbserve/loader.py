@@ -13,7 +13,7 @@ from ._config import ConfigMismatch
 from ._curve import load_curve
 from ._protocol import Batch, BatchError, ProtocolError, decode_tensors, nest, with_file
 from ._shm import Session, ShmUnavailable, unusable
-from ._transport import (Channel, ControlClient, DaemonError, DaemonLost, DaemonUnavailable, Stream, StreamLost,
+from ._transport import (Channel, ControlClient, Copied, DaemonError, DaemonLost, DaemonUnavailable, Stream, StreamLost,
                          data_endpoint, default_control, how_to_start)
 from .sampler import SamplerState
 
@@ -255,7 +255,9 @@ class Loader:
             self.last_header = header
             group = header["sequences"]
             lease = None
-            if kind == "lease":
+            if isinstance(payload, Copied):
+                arrays = dict(payload)  # kept aside, then copied out of shared memory to make room
+            elif kind == "lease":
                 session = self._channel.session
                 if session is None or header["stream"] not in session.streams:
                     raise ProtocolError(f"a lease message of stream {header['stream']}, which was not asked for over "
