@@ -125,6 +125,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   transport=args.transport)
     started = time.monotonic()
     torch: Any = None
+    loader: Loader
+    batches: Any
     if args.device == "cuda":
         try:
             import torch

@@ -59,7 +59,7 @@ def decode_header(frame: Any) -> dict[str, Any]:
     return header
 
 
-class Batch(dict):  # type: ignore[type-arg]
+class Batch(dict[str, Any]):
     """One batch: a dict with noisebase's keys, nesting, dtypes and shapes, plus the release of its shared
     memory. Over the shared-memory transport its arrays are views of the daemon's memory, which the daemon
     keeps for this trainer until the batch is released: on its own once no array (or tensor) of it is
@@ -90,7 +90,7 @@ class Batch(dict):  # type: ignore[type-arg]
     def __reduce__(self) -> tuple[Any, ...]:
         return (dict, (dict(self),))
 
-    def copy(self) -> dict[str, Any]:  # type: ignore[override]
+    def copy(self) -> dict[str, Any]:
         return dict(self)
 
 

@@ -113,8 +113,8 @@ class Session:
             raise
         try:
             if not isinstance(reply, dict) or reply.get("ok") is not True:
-                error = reply.get("error", reply) if isinstance(reply, dict) else reply
-                raise ShmUnavailable(f"nb-serve refused the shared-memory session of rank {rank} on {path}: {error}")
+                why = reply.get("error", reply) if isinstance(reply, dict) else reply
+                raise ShmUnavailable(f"nb-serve refused the shared-memory session of rank {rank} on {path}: {why}")
             size, limit = reply.get("bytes"), reply.get("leases")
             if len(fds) != 1 or not isinstance(size, int) or size <= 0 or not isinstance(limit, int) or limit < 1:
                 raise ProtocolError(f"the shared-memory hello reply on {path} is malformed: {reply!r} with "

@@ -234,7 +234,7 @@ def data_endpoint(endpoint: str, control: str) -> str:
 
 
 
-class Copied(dict):  # type: ignore[type-arg]
+class Copied(dict[str, Any]):
     """The tensors of a `lease` message copied out of shared memory (its lease already given back)."""
 
 
@@ -274,7 +274,8 @@ class Channel:
         self.socket.connect(endpoint)
         self.lock = threading.RLock()
         self.current: dict[str, Stream | None] = {"train": None, "val": None}
-        self.kept: dict[str, deque[tuple[dict[str, Any], list[zmq.Frame]]]] = {"train": deque(), "val": deque()}
+        self.kept: dict[str, deque[tuple[dict[str, Any], list[zmq.Frame] | Copied]]] = {"train": deque(),
+                                                                                   "val": deque()}
         self.users = 0
         self.session: Session | None = None  # the rank's shared-memory session in this process, once asked for
 
@@ -372,7 +373,7 @@ class Channel:
                 self.session.close()
                 self.session = None
 
-    def receive(self, stream: Stream, timeout: float) -> tuple[dict[str, Any], list[zmq.Frame]]:
+    def receive(self, stream: Stream, timeout: float) -> tuple[dict[str, Any], list[zmq.Frame] | Copied]:
         """The next message (header, frames) of `stream`. Raises StreamLost when the stream was replaced,
         DaemonLost when the daemon went away, TimeoutError when nothing of it comes within `timeout`."""
         with self.lock:

@@ -170,7 +170,7 @@ class Loader:
 
     # -- noisebase's loader API
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         return self._epoch()
 
     def __len__(self) -> int:
@@ -190,7 +190,7 @@ class Loader:
 
     # -- the stream
 
-    def _epoch(self) -> Iterator[dict[str, Any]]:
+    def _epoch(self) -> Iterator[Batch]:
         if self._closed:
             raise RuntimeError("this nbserve.Loader is closed")
         sampler = self.batch_sampler
@@ -269,9 +269,9 @@ class Loader:
             if self._files is not None:
                 batch = with_file(batch, [self._files(index) for index in header["sequences"]])
             # Handed over without a reference left in this frame: dropping the batch releases it at once.
-            handed = [Batch(batch, lease)]
+            out = [Batch(batch, lease)]
             del arrays, batch, lease
-            yield handed.pop()
+            yield out.pop()
 
     def _check_geometry(self, header: dict[str, Any]) -> None:
         sampler = self.batch_sampler

@@ -40,7 +40,7 @@ _CUDA_HOST_REGISTER_READ_ONLY = 0x08
 def _register(session: Session) -> bool:
     """Page-locks the session's whole mapping for CUDA once; False (with a warning) when CUDA refuses."""
     if not session.cuda_registered:
-        cudart = torch.cuda.cudart()
+        cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
         for flags in (_CUDA_HOST_REGISTER_READ_ONLY, 0):
             code = cudart.cudaHostRegister(session.address, session.size, flags)
             if int(code) == 0:
@@ -146,7 +146,7 @@ class TrainingSampleLoader_v1:
         its lease) is kept until the copies' event has completed."""
         host = _to_torch(batch, False, None)
         on_device = _to_torch_device(host, device)
-        event = torch.cuda.Event()
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
         event.record()
         self._in_flight.append((event, batch))
         return Batch(on_device, None)
