@@ -71,10 +71,16 @@ class _Watch:
 
 
 def _configure(socket: zmq.Socket[Any], endpoint: str, curve: CurveKeys | None) -> None:
-    """Options every socket to the daemon gets, before it connects (CURVE keys on tcp endpoints)."""
+    """Options every socket to the daemon gets, before it connects (CURVE keys on tcp endpoints).
+
+    Heartbeats only on tcp: an ipc connection ends with the daemon's process (the kernel closes it), so they
+    would find nothing more there; and libzmq 4.3.5 can abort the whole trainer (`Assertion failed: !_io_error
+    (src/stream_engine_base.cpp:310)`) when a heartbeat falls on an ipc connection that a killed daemon's end
+    has just closed."""
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    if endpoint.startswith("tcp://"):
+        socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     secure(socket, endpoint, curve)
 
 
