@@ -134,7 +134,7 @@ class Session:
         self._queue: deque[int] = deque()
         self._lock = threading.Lock()
         self.broken = False
-        self.cuda_registered = False
+        self.cuda_registered: bool | None = False  # None: CUDA refused to register the mapping
 
     # -- framing: 4-byte little-endian length, then JSON
 
@@ -248,12 +248,14 @@ class Session:
         """Ends the session (the daemon takes back every lease). The mapping stays while any array uses it.
 
         Waits (up to `wait` seconds) for the daemon to close its end, so that a session opened next for the
-        rank (the next loader of this process) is not refused as a second one."""
-        with self._lock:
+        rank (the next loader of this process) is not refused as a second one. Never waits for the lock: a
+        loader closed by the garbage collector may be closed in the middle of this thread's own send."""
+        locked = self._lock.acquire(blocking=False)
+        try:
             alive = not self.broken
             self.broken = True
             try:
-                if alive:
+                if alive and locked:
                     self.socket.shutdown(pysocket.SHUT_WR)
                     deadline = time.monotonic() + wait
                     while (remaining := deadline - time.monotonic()) > 0:
@@ -264,3 +266,6 @@ class Session:
                 pass
             finally:
                 self.socket.close()
+        finally:
+            if locked:
+                self._lock.release()

@@ -39,7 +39,7 @@ _CUDA_HOST_REGISTER_READ_ONLY = 0x08
 
 def _register(session: Session) -> bool:
     """Page-locks the session's whole mapping for CUDA once; False (with a warning) when CUDA refuses."""
-    if not session.cuda_registered:
+    if session.cuda_registered is False:
         cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
         for flags in (_CUDA_HOST_REGISTER_READ_ONLY, 0):
             code = cudart.cudaHostRegister(session.address, session.size, flags)
@@ -49,7 +49,7 @@ def _register(session: Session) -> bool:
         else:
             warnings.warn(f"cudaHostRegister of nb-serve's shared memory failed ({code}): batches are staged "
                           f"through pinned copies", RuntimeWarning, stacklevel=3)
-            session.cuda_registered = None  # type: ignore[assignment]  # tried, refused: do not retry
+            session.cuda_registered = None  # tried and refused: not again
     return bool(session.cuda_registered)
 
 
