@@ -244,6 +244,32 @@ def test_a_trainer_holding_every_lease_is_told_so(binary, dataset, daemons, tmp_
         del kept
 
 
+def test_validation_mid_epoch_is_not_starved_by_training_batches_already_sent(binary, dataset, daemons, tmp_path):
+    """The daemon may send a stage as far ahead as the rank's leases allow; when validation is asked for, those
+    training batches hold every lease. The client copies them out of shared memory (they were not handed out
+    yet) and gives their leases back, so validation runs, and training then goes on with the same bytes."""
+    daemon = daemons(binary, daemon_support.daemon_config(dataset, tmp_path, leases=3))
+    with nbserve.Loader(daemon.control, "val", get_epoch=lambda: 0, transport="zmq", timeout=WAIT_S) as loader:
+        expected_val = [digest(batch) for batch in loader]
+    expected_train = zmq_digests(daemon.control)
+    train = nbserve.Loader(daemon.control, "train", get_epoch=lambda: 0, transport="shm", timeout=WAIT_S)
+    val = nbserve.Loader(daemon.control, "val", get_epoch=lambda: 0, transport="shm", timeout=WAIT_S)
+    try:
+        iterator = iter(train)
+        head = [digest(next(iterator))]
+        deadline = time.monotonic() + WAIT_S
+        while (status := daemon.rank_status())["train"]["sent"] < 1 + 3 or status["held_leases"] < 3:
+            assert time.monotonic() < deadline, f"the daemon did not send three batches ahead: {status}"
+            time.sleep(0.02)
+        assert [digest(batch) for batch in val] == expected_val
+        kept = train._channel.kept["train"]
+        assert kept and all(type(payload).__name__ == "Copied" for _, payload in kept)
+        assert head + [digest(batch) for batch in iterator] == expected_train
+    finally:
+        train.close()
+        val.close()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Crashes
 
