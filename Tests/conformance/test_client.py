@@ -128,7 +128,8 @@ def daemons():
 @pytest.fixture(scope="module")
 def shared_daemon(binary, dataset, tmp_path_factory):
     """One daemon for the tests that only read streams (each test closes its loaders)."""
-    daemon = Daemon(binary, daemon_config(dataset, tmp_path_factory.mktemp("shared")))
+    # Tests keep whole epochs; over shared memory each kept batch holds one of the rank's leases.
+    daemon = Daemon(binary, daemon_config(dataset, tmp_path_factory.mktemp("shared"), leases=64))
     yield daemon
     daemon.stop(signal.SIGKILL)
 
@@ -190,11 +191,16 @@ def as_numpy(batch: dict) -> dict:
 # Streams equal noisebase's loader
 
 
+TRANSPORTS = ["shm", "zmq"]  # what the tests below are run over (test_client_shm.py has the rest of shm's)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("stage", ["train", "val"])
-def test_epochs_equal_noisebase_batch_for_batch(shared_daemon, dataset, stage):
+def test_epochs_equal_noisebase_batch_for_batch(shared_daemon, dataset, stage, transport):
     # The daemon's whole YAML (noisebase's keys and serve:) passed as it is, as a switched trainer may.
     config = {**shared_daemon.config, "stage": stage}
-    with nbserve.Loader(shared_daemon.control, timeout=WAIT_S, **config) as loader:
+    with nbserve.Loader(shared_daemon.control, timeout=WAIT_S, transport=transport, **config) as loader:
+        assert loader.transport == transport
         for epoch in (0, 1):  # counted like noisebase: the second iteration is epoch 1
             expected = oracle_epoch(dataset.config, stage, epoch)
             assert len(loader) == len(expected) > 0
@@ -220,7 +226,7 @@ def test_get_epoch_overrides_the_count_and_len_is_the_daemons(shared_daemon, dat
 
 
 def test_arrays_wrap_the_received_frames_without_copying(shared_daemon, dataset):
-    with nbserve.Loader(shared_daemon.control, **nb_config(dataset)) as loader:
+    with nbserve.Loader(shared_daemon.control, transport="zmq", **nb_config(dataset)) as loader:
         batch = next(iter(loader))
         arrays = dict(support.flatten_batch(batch))
         arrays["frame_index"] = batch["frame_index"]
@@ -237,13 +243,15 @@ def test_arrays_wrap_the_received_frames_without_copying(shared_daemon, dataset)
         assert len(addresses) == len(arrays), "each tensor has its own frame"
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("taken, configured", [(3, True), (6, False)],
                          ids=["first-group", "second-group-without-config"])
-def test_validation_mid_epoch_then_training_continues_exactly(shared_daemon, dataset, taken, configured):
+def test_validation_mid_epoch_then_training_continues_exactly(shared_daemon, dataset, taken, configured, transport):
     config = nb_config(dataset) if configured else {}
-    train = nbserve.Loader(shared_daemon.control, "train", get_epoch=lambda: 0, **config)
-    val = nbserve.Loader(shared_daemon.control, "val", get_epoch=lambda: 0, **config)
+    train = nbserve.Loader(shared_daemon.control, "train", get_epoch=lambda: 0, transport=transport, **config)
+    val = nbserve.Loader(shared_daemon.control, "val", get_epoch=lambda: 0, transport=transport, **config)
     try:
+        assert (train.transport, val.transport) == (transport, transport)
         assert train._channel is val._channel, "a second PULL socket on a rank endpoint would split the stream"
         expected_train = epoch_digests(train)
         expected_val = list(val)
@@ -454,8 +462,9 @@ def test_sampler_checkpoint_is_noisebases_arithmetic():
 
 
 @pytest.mark.parametrize("configured", [True, False], ids=["with-noisebase-config", "without-config"])
-def test_checkpoint_drop_loader_resume_equals_uninterrupted(shared_daemon, dataset, configured):
-    config = nb_config(dataset) if configured else {}
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_checkpoint_drop_loader_resume_equals_uninterrupted(shared_daemon, dataset, configured, transport):
+    config = {**(nb_config(dataset) if configured else {}), "transport": transport}
     with nbserve.Loader(shared_daemon.control, get_epoch=lambda: 0, **config) as uninterrupted:
         expected = epoch_digests(uninterrupted)
     reference = support.build_oracle(dataset.config, stage="train")
@@ -476,6 +485,7 @@ def test_checkpoint_drop_loader_resume_equals_uninterrupted(shared_daemon, datas
     assert state == {"start_epoch_idx": 0, "start_sequence_idx": 2 * BATCH}
 
     second = nbserve.Loader(shared_daemon.control, **config)
+    assert second.transport == transport
     second.load_state_dict(state)
     rest = list(second)
     assert [digest(batch) for batch in rest] == expected[2 * FRAMES:], "the resumed epoch is not the rest"

@@ -9,7 +9,8 @@ Only numpy and pyzmq are needed here; ``nbserve.torch`` needs PyTorch and ``nbse
 """
 
 from ._config import ConfigMismatch
-from ._protocol import BatchError, ProtocolError
+from ._protocol import Batch, BatchError, ProtocolError
+from ._shm import LeaseLimit, ShmUnavailable
 from ._transport import ControlClient, DaemonError, DaemonUnavailable, default_control
 from .loader import Loader
 from .projective import backproject_pixel_centers_np
@@ -17,5 +18,5 @@ from .sampler import SamplerState
 
 __version__ = "0.2.0"
 
-__all__ = ["Loader", "BatchError", "ProtocolError", "DaemonError", "DaemonUnavailable", "ConfigMismatch",
+__all__ = ["Loader", "Batch", "LeaseLimit", "ShmUnavailable", "BatchError", "ProtocolError", "DaemonError", "DaemonUnavailable", "ConfigMismatch",
            "SamplerState", "ControlClient", "backproject_pixel_centers_np", "default_control", "__version__"]

@@ -54,9 +54,44 @@ def decode_header(frame: Any) -> dict[str, Any]:
         raise ProtocolError(f"header is not a JSON object: {raw[:200]!r}")
     if header.get("v") != VERSION:
         raise ProtocolError(f"unsupported nb-serve protocol version {header.get('v')!r} (this client reads {VERSION})")
-    if header.get("type") not in ("batch", "end", "error"):
+    if header.get("type") not in ("batch", "lease", "end", "error"):
         raise ProtocolError(f"unknown message type {header.get('type')!r}")
     return header
+
+
+class Batch(dict[str, Any]):
+    """One batch: a dict with noisebase's keys, nesting, dtypes and shapes, plus the release of its shared
+    memory. Over the shared-memory transport its arrays are views of the daemon's memory, which the daemon
+    keeps for this trainer until the batch is released: on its own once no array (or tensor) of it is
+    referenced any more, or now with ``release()`` or at the end of a ``with batch:`` block (after which the
+    arrays must not be read: the daemon may reuse their memory). Over ZeroMQ frames both do nothing.
+    A pickled or copied batch is a plain dict."""
+
+    def __init__(self, items: Any = (), lease: Any = None) -> None:
+        super().__init__(items)
+        self.lease = lease
+
+    def release(self) -> None:
+        """Gives the batch's shared memory back to the daemon now (idempotent)."""
+        if self.lease is not None:
+            self.lease.release()
+
+    @property
+    def released(self) -> bool:
+        """Whether the batch's shared memory was given back (always True for a batch received as frames)."""
+        return self.lease is None or bool(self.lease.released)
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+    def copy(self) -> dict[str, Any]:
+        return dict(self)
 
 
 def decode_tensors(header: dict[str, Any], frames: Any) -> dict[str, np.ndarray]:

@@ -8,19 +8,23 @@ come."""
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ._curve import CurveKeys, check_access, secure
 from ._protocol import ProtocolError, decode_header
+
+if TYPE_CHECKING:
+    from ._shm import Session
 
 
 class DaemonError(RuntimeError):
@@ -67,10 +71,16 @@ class _Watch:
 
 
 def _configure(socket: zmq.Socket[Any], endpoint: str, curve: CurveKeys | None) -> None:
-    """Options every socket to the daemon gets, before it connects (CURVE keys on tcp endpoints)."""
+    """Options every socket to the daemon gets, before it connects (CURVE keys on tcp endpoints).
+
+    Heartbeats only on tcp: an ipc connection ends with the daemon's process (the kernel closes it), so they
+    would find nothing more there; and libzmq 4.3.5 can abort the whole trainer (`Assertion failed: !_io_error
+    (src/stream_engine_base.cpp:310)`) when a heartbeat falls on an ipc connection that a killed daemon's end
+    has just closed."""
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    if endpoint.startswith("tcp://"):
+        socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     secure(socket, endpoint, curve)
 
 
@@ -230,6 +240,10 @@ def data_endpoint(endpoint: str, control: str) -> str:
 
 
 
+class Copied(dict[str, Any]):
+    """The tensors of a `lease` message copied out of shared memory (its lease already given back)."""
+
+
 @dataclass(eq=False)
 class Stream:
     """One stream the trainer asked for (docs/protocol.md section 6): a stage's epoch from a position, named
@@ -266,8 +280,10 @@ class Channel:
         self.socket.connect(endpoint)
         self.lock = threading.RLock()
         self.current: dict[str, Stream | None] = {"train": None, "val": None}
-        self.kept: dict[str, deque[tuple[dict[str, Any], list[zmq.Frame]]]] = {"train": deque(), "val": deque()}
+        self.kept: dict[str, deque[tuple[dict[str, Any], list[zmq.Frame] | Copied]]] = {"train": deque(),
+                                                                                   "val": deque()}
         self.users = 0
+        self.session: Session | None = None  # the rank's shared-memory session in this process, once asked for
 
     @classmethod
     def acquire(cls, endpoint: str, receive_queue: int = 4, curve: CurveKeys | None = None) -> Channel:
@@ -290,6 +306,29 @@ class Channel:
                 del self._registry[key]
                 self._watch.close(self.socket)
                 self.socket.close(linger=0)
+                if self.session is not None:
+                    self.session.close()
+                    self.session = None
+
+    # -- the shared-memory session
+
+    def open_session(self, path: str, rank: int, timeout: float) -> Session:
+        """The rank's shared-memory session (docs/protocol.md section 7), opened once per process and again
+        after the daemon that served the last one went away."""
+        from ._shm import Session
+
+        with self.lock:
+            if self.session is not None and self.session.gone():
+                self.session.close()
+                self.session = None
+            if self.session is None:
+                self.session = Session(path, rank, timeout)
+            return self.session
+
+    def _discard(self, header: dict[str, Any]) -> None:
+        """Gives back the lease of a message that is dropped, not handed out."""
+        if self.session is not None and header.get("type") == "lease":
+            self.session.discard(header)
 
     # -- streams
 
@@ -303,8 +342,14 @@ class Channel:
                                     f"this client; upgrade it)")
             stage = request["stage"]
             stream = Stream(stage, request["epoch"], identifier, int(reply.get("batches", 0)), reply)
+            if request.get("transport") == "shm":
+                if self.session is None:
+                    raise ProtocolError("a shared-memory stream was asked for without a session")
+                self.session.streams.add(identifier)
             self.current[stage] = stream
-            self.kept[stage].clear()  # kept for the stream this one replaces
+            for header, _ in self.kept[stage]:  # kept for the stream this one replaces
+                self._discard(header)
+            self.kept[stage].clear()
             return stream
 
     def is_current(self, stream: Stream) -> bool:
@@ -317,6 +362,10 @@ class Channel:
             if self._watch.disconnected():
                 self.forget()
                 raise DaemonLost(f"nb-serve's data connection {self.endpoint} closed: the daemon stopped or crashed")
+            if self.session is not None and self.session.gone():
+                self.forget()
+                raise DaemonLost(f"nb-serve closed the shared-memory session of {self.endpoint}: the daemon stopped "
+                                 f"or crashed")
 
     def forget(self) -> None:
         """Forgets every stream (the daemon that served them is gone; what it left queued is stale)."""
@@ -325,8 +374,12 @@ class Channel:
             for stage in self.current:
                 self.current[stage] = None
                 self.kept[stage].clear()
+            if self.session is not None:
+                # Its leases went with the daemon; the memory stays mapped while arrays of it are used.
+                self.session.close()
+                self.session = None
 
-    def receive(self, stream: Stream, timeout: float) -> tuple[dict[str, Any], list[zmq.Frame]]:
+    def receive(self, stream: Stream, timeout: float) -> tuple[dict[str, Any], list[zmq.Frame] | Copied]:
         """The next message (header, frames) of `stream`. Raises StreamLost when the stream was replaced,
         DaemonLost when the daemon went away, TimeoutError when nothing of it comes within `timeout`."""
         with self.lock:
@@ -340,16 +393,59 @@ class Channel:
                 if kept:
                     header, frames = kept.popleft()
                     return self._checked(stream, header), frames
+                session = self.session
+                if session is not None:
+                    session.flush()
+                    if stream.id in session.streams and len(session.held) >= session.limit \
+                            and not self.socket.poll(0):
+                        self._check_leases(session)
                 received, frames = self._receive(deadline, timeout)
                 if received is None:
                     continue  # the daemon's end closed: check_daemon says so
                 header = received
+                if header["type"] == "lease" and session is not None and header["stream"] in session.streams \
+                        and isinstance(header.get("lease"), int):
+                    session.held.add(header["lease"])  # the daemon counts it from now on, handed out or not
                 owner = self.current.get(str(header.get("stage")))
                 if owner is None or header["stream"] != owner.id:
+                    self._discard(header)
                     continue  # stale: an abandoned stream's, or a daemon's since restarted
                 if owner is stream:
                     return self._checked(stream, header), frames
                 self.kept[owner.stage].append((header, frames))
+
+    def _check_leases(self, session: Session) -> None:
+        """Raises LeaseLimit when this process holds every lease the rank may hold (none can come): after
+        collecting garbage, in case unreachable batches in reference cycles are what holds them."""
+        from ._shm import LeaseLimit
+
+        gc.collect()
+        self._spill(session)
+        session.flush()
+        if len(session.held) >= session.limit and not self.socket.poll(0):
+            kept = sum(1 for queue in self.kept.values() for header, _ in queue if header["type"] == "lease")
+            raise LeaseLimit(
+                f"this trainer holds {len(session.held)} batches of rank {session.rank}'s shared memory ({kept} of "
+                f"them received for the other stage's iterator and kept for it), all that "
+                f"nb-serve lets a rank hold (serve.leases: {session.limit}), and waits for another, which cannot "
+                f"come: let go of kept batches (drop their arrays and tensors, or batch.release()), copy what must "
+                f"be kept (numpy's .copy()), raise serve.leases, or use transport='zmq'")
+
+    def _spill(self, session: Session) -> None:
+        """Copies the batches kept aside for the other stage out of shared memory and gives their leases back.
+
+        The daemon may have sent a stage many batches ahead before the other stage was asked for (up to the
+        rank's lease limit); kept aside and not yet handed out, they would starve the stage being read. Their
+        copies are handed out later as ordinary batches (the message loses its `lease` key)."""
+        for queue in self.kept.values():
+            for position, (header, payload) in enumerate(queue):
+                if header["type"] != "lease" or "lease" not in header or header["stream"] not in session.streams:
+                    continue
+                lease, arrays = session.views(header)
+                copied = Copied({name: array.copy() for name, array in arrays.items()})
+                del arrays
+                lease.release()
+                queue[position] = ({key: value for key, value in header.items() if key != "lease"}, copied)
 
     @staticmethod
     def _checked(stream: Stream, header: dict[str, Any]) -> dict[str, Any]:
@@ -366,8 +462,19 @@ class Channel:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._watch.monitor, zmq.POLLIN)
+        session = self.session
+        if session is not None:
+            poller.register(session.fileno(), zmq.POLLIN)  # readable only when the daemon closed it
         remaining = deadline - time.monotonic()
-        ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
+        wait_ms = max(1, int(remaining * 1000))
+        if session is not None and session.held:
+            # Releases queued by finalizers in other threads while this one waits are sent at the next slice.
+            wait_ms = min(wait_ms, 50)
+        ready = dict(poller.poll(wait_ms)) if remaining > 0 else {}
+        if session is not None and session.fileno() in ready:
+            return None, []
+        if session is not None and not ready and time.monotonic() < deadline:
+            return None, []
         if self.socket in ready:
             frames = self.socket.recv_multipart(copy=False)
             header = decode_header(frames[0])

@@ -27,7 +27,7 @@ class TrainingSampleLoader_v1(L.LightningDataModule):
     attribute of the trainer instead).
 
     control: the daemon's control endpoint; the other arguments go to ``nbserve.torch.TrainingSampleLoader_v1``
-    (pin_memory, timeout, server_key/client_key for a daemon's CURVE-secured tcp endpoints, and noisebase's
+    (pin_memory, device, transport="auto"/"shm"/"zmq", timeout, server_key/client_key for a daemon's CURVE-secured tcp endpoints, and noisebase's
     config keys, which may be passed as they are).
     """
 

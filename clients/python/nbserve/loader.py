@@ -11,8 +11,9 @@ from typing import Any, Callable
 from . import _config
 from ._config import ConfigMismatch
 from ._curve import load_curve
-from ._protocol import BatchError, ProtocolError, decode_tensors, nest, with_file
-from ._transport import (Channel, ControlClient, DaemonError, DaemonLost, DaemonUnavailable, Stream, StreamLost,
+from ._protocol import Batch, BatchError, ProtocolError, decode_tensors, nest, with_file
+from ._shm import Session, ShmUnavailable, unusable
+from ._transport import (Channel, ControlClient, Copied, DaemonError, DaemonLost, DaemonUnavailable, Stream, StreamLost,
                          data_endpoint, default_control, how_to_start)
 from .sampler import SamplerState
 
@@ -41,6 +42,9 @@ def _changes(before: dict[str, Any], after: dict[str, Any], keys: tuple[str, ...
     return changes
 
 
+TRANSPORTS = ("auto", "shm", "zmq")
+
+
 def _stage(stage: str) -> str:
     if stage in ("train", "val"):
         return stage
@@ -53,9 +57,12 @@ class Loader:
     """One rank's batches from an nb-serve daemon.
 
     ``iter(loader)`` asks the daemon for the next epoch (each new iteration is the next epoch, as with
-    noisebase's loader, unless ``get_epoch`` is given) and yields its batches as dicts of numpy arrays with
-    noisebase's keys, shapes and dtypes (``prev_camera`` nested, ``frame_index`` a 0-d int64 array), each
-    array a view of the received ZeroMQ frame (no copy). Iteration stops at the daemon's end-of-epoch
+    noisebase's loader, unless ``get_epoch`` is given) and yields its batches as ``nbserve.Batch`` dicts of
+    numpy arrays with noisebase's keys, shapes and dtypes (``prev_camera`` nested, ``frame_index`` a 0-d int64
+    array), each array a view (no copy): of the daemon's shared memory (read-only) or of the received ZeroMQ
+    frame, as ``transport`` decides. A batch in shared memory is the trainer's until it is released: once
+    none of its arrays is referenced any more, or by ``batch.release()`` / ``with batch:``; the daemon lets
+    a rank hold ``serve.leases`` batches at once (``LeaseLimit`` when the trainer holds them all and waits). Iteration stops at the daemon's end-of-epoch
     message. A batch counts as consumed once the next one is asked for; consumption is acknowledged to the
     daemon whenever it completes a sequence group and at the end of the epoch (the granularity of the
     daemon's resume state), so ``nb-serve ctl checkpoint`` covers what was trained on.
@@ -80,6 +87,9 @@ class Loader:
                 this world size
     get_epoch   callable giving the epoch to ask for at each iteration (noisebase's argument)
     timeout     seconds to wait for any reply or batch, or for a daemon that went away to come back
+    transport   "auto" (default): the daemon's shared memory when it offers it and its session socket is on
+                this host and accessible, else ZeroMQ frames; "shm": shared memory or ShmUnavailable saying
+                why not; "zmq": frames, always. ``loader.transport`` says which is used
     server_key, client_key
                 CURVE keys for a daemon whose tcp endpoints are secured (README "Trust model"): the daemon's
                 public certificate (its NAME.key from `nb-serve keygen`) and this trainer's secret certificate
@@ -95,8 +105,11 @@ class Loader:
     def __init__(self, control: str | None = None, stage: str = "train", rank: int | None = None,
                  world_size: int | None = None, get_epoch: Callable[[], int] | None = None, timeout: float = 60.0,
                  server_key: str | os.PathLike[str] | bytes | None = None,
-                 client_key: str | os.PathLike[str] | tuple[bytes, bytes] | None = None, **config: Any) -> None:
+                 client_key: str | os.PathLike[str] | tuple[bytes, bytes] | None = None, transport: str = "auto",
+                 **config: Any) -> None:
         self._closed = False
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r} is not one of {', '.join(map(repr, TRANSPORTS))}")
         self.control = control or default_control()
         self.stage = _stage(stage)
         self.timeout = float(timeout)
@@ -140,10 +153,24 @@ class Loader:
         self._lengths: dict[tuple[str, int], int] = {}
         self.last_header: dict[str, Any] | None = None
         self._channel = Channel.acquire(self.endpoint, curve=self._curve)
+        self.transport = "zmq"
+        self.transport_reason: str | None = None  # why "auto" did not pick shared memory
+        if transport != "zmq":
+            reason = unusable(status)
+            if reason is None:
+                try:
+                    self._channel.open_session(status["shm_socket"], self.rank, self.timeout)
+                    self.transport = "shm"
+                except (ShmUnavailable, DaemonUnavailable, DaemonLost, OSError) as error:
+                    reason = str(error)
+            if reason is not None and transport == "shm":
+                self.close()
+                raise ShmUnavailable(f"transport='shm' cannot be used with nb-serve at {self.control}: {reason}")
+            self.transport_reason = reason
 
     # -- noisebase's loader API
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         return self._epoch()
 
     def __len__(self) -> int:
@@ -163,7 +190,7 @@ class Loader:
 
     # -- the stream
 
-    def _epoch(self) -> Iterator[dict[str, Any]]:
+    def _epoch(self) -> Iterator[Batch]:
         if self._closed:
             raise RuntimeError("this nbserve.Loader is closed")
         sampler = self.batch_sampler
@@ -215,10 +242,11 @@ class Loader:
             delivered = header["batch"] + 1
             if skip:
                 # Already handed out before the reopen: the same group, frame by frame.
-                if kind == "batch" and (header["sequences"] != group or header["frame_index"] != header["batch"]):
+                if kind != "error" and (header["sequences"] != group or header["frame_index"] != header["batch"]):
                     raise ProtocolError(f"the reopened {self.stage} epoch {epoch} does not repeat its interrupted "
                                         f"sequence group {group} (batch {header.get('batch')}: "
                                         f"{header.get('sequences')}, frame {header.get('frame_index')})")
+                self._channel._discard(header)
                 skip -= 1
                 continue
             if kind == "error":
@@ -226,10 +254,24 @@ class Loader:
             self._check_geometry(header)
             self.last_header = header
             group = header["sequences"]
-            batch = nest(decode_tensors(header, payload))
+            lease = None
+            if isinstance(payload, Copied):
+                arrays = dict(payload)  # kept aside, then copied out of shared memory to make room
+            elif kind == "lease":
+                session = self._channel.session
+                if session is None or header["stream"] not in session.streams:
+                    raise ProtocolError(f"a lease message of stream {header['stream']}, which was not asked for over "
+                                        f"this process's shared-memory session")
+                lease, arrays = session.views(header)
+            else:
+                arrays = decode_tensors(header, payload)
+            batch = nest(arrays)
             if self._files is not None:
                 batch = with_file(batch, [self._files(index) for index in header["sequences"]])
-            yield batch
+            # Handed over without a reference left in this frame: dropping the batch releases it at once.
+            out = [Batch(batch, lease)]
+            del arrays, batch, lease
+            yield out.pop()
 
     def _check_geometry(self, header: dict[str, Any]) -> None:
         sampler = self.batch_sampler
@@ -261,6 +303,13 @@ class Loader:
                 self._await_daemon(deadline, pending, forget=not isinstance(pending, StreamLost))
             try:
                 self._channel.check_daemon()
+                if self.transport == "shm":
+                    request["transport"] = "shm"
+                    path = self.status.get("shm_socket")
+                    if not isinstance(path, str):
+                        raise ShmUnavailable(f"nb-serve at {self.control} restarted without its shared-memory "
+                                             f"socket; this loader uses transport='shm'")
+                    self._channel.open_session(path, self.rank, self.timeout)
                 return self._channel.begin(self._control, request)
             except (DaemonLost, DaemonUnavailable) as error:
                 pending = error
@@ -298,6 +347,11 @@ class Loader:
             # The daemon does not know the stream: it is a new daemon (the control socket reconnected to it
             # before the data socket's disconnection was seen) or the stage was asked for again.
             raise StreamLost(f"the {stream.stage} epoch {stream.epoch} stream {stream.id} is gone: {refused}") from None
+
+    @property
+    def session(self) -> Session | None:
+        """The rank's shared-memory session in this process (None over ZeroMQ frames)."""
+        return self._channel.session if self.transport == "shm" else None
 
     # -- lifetime
 
