@@ -120,3 +120,24 @@ def daemon_factory(cls=DaemonProcess):
             daemon.stop(signal.SIGKILL)
         elif not daemon.log.closed:
             daemon.stop()
+
+
+def kill_trainer_holding_leases(daemon: DaemonProcess, argv: list[str], rank: int = 0) -> dict:
+    """Starts a trainer process (`argv`) that prints "holding" once it holds shared-memory leases, kills it with
+    SIGKILL, and waits until the daemon has taken back its session and every lease; returns the rank's status
+    as it was while the trainer held them."""
+    trainer = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout.readline().strip() == "holding"
+        holding = daemon.rank_status(rank)
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait(WAIT_S)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
+    deadline = time.monotonic() + WAIT_S
+    while (status := daemon.rank_status(rank))["held_leases"] or status["shm_session"]:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.02)
+    return holding

@@ -288,21 +288,8 @@ TRAINER = textwrap.dedent("""
 def test_a_trainer_killed_while_holding_batches_gives_them_back(binary, dataset, daemons, tmp_path):
     daemon = daemons(binary, daemon_support.daemon_config(dataset, tmp_path))
     reference = zmq_digests(daemon.control)
-    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, daemon.control, str(CLIENT_DIR)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert trainer.stdout.readline().strip() == "holding"
-        status = daemon.rank_status()
-        assert status["held_leases"] >= 2 and status["shm_session"] and status["transport"] == "shm"
-        trainer.send_signal(signal.SIGKILL)
-        trainer.wait(WAIT_S)
-    finally:
-        if trainer.poll() is None:
-            trainer.kill()
-    deadline = time.monotonic() + WAIT_S
-    while (status := daemon.rank_status())["held_leases"] or status["shm_session"]:
-        assert time.monotonic() < deadline, status
-        time.sleep(0.02)
+    status = daemon_support.kill_trainer_holding_leases(daemon, [sys.executable, "-c", TRAINER, daemon.control, str(CLIENT_DIR)])
+    assert status["held_leases"] >= 2 and status["shm_session"] and status["transport"] == "shm"
     with nbserve.Loader(daemon.control, get_epoch=lambda: 0, transport="shm", timeout=WAIT_S) as loader:
         assert [digest(batch) for batch in loader] == reference
 

@@ -196,20 +196,8 @@ def test_a_killed_trainer_gives_back_what_it_held(binary, dataset, daemons, tmp_
     reference = [digest(a) for _, a in daemons(binary, daemon_support.daemon_config(dataset, tmp_path / "ref")).epoch(0, 0)[0]]
     daemon = daemons(binary, config)
     endpoint = daemon.config["serve"]["endpoint"].replace("{rank}", "0")
-    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, shm_path(daemon), daemon.control, endpoint],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert trainer.stdout.readline().strip() == "holding"
-        assert daemon.rank_status()["held_leases"] >= 2
-        trainer.send_signal(signal.SIGKILL)
-        trainer.wait(WAIT_S)
-    finally:
-        if trainer.poll() is None:
-            trainer.kill()
-    deadline = time.monotonic() + WAIT_S
-    while (status := daemon.rank_status())["held_leases"] or status["shm_session"]:
-        assert time.monotonic() < deadline, status
-        time.sleep(0.05)
+    holding = daemon_support.kill_trainer_holding_leases(daemon, [sys.executable, "-c", TRAINER, shm_path(daemon), daemon.control, endpoint])
+    assert holding["held_leases"] >= 2
     session = Session(shm_path(daemon))
     daemon.reconnect(0) if 0 in daemon.sockets else None
     reply = daemon.request({"cmd": "epoch", "rank": 0, "stage": "train", "epoch": 0, "transport": "shm"})
