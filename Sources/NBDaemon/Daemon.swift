@@ -253,6 +253,14 @@ public final class Daemon {
         logger.log(level: level, "\(text)")
     }
 
+    /// systemd's watchdog: `WATCHDOG=1` at this interval from the loop (nil: no watchdog), and when it is next due.
+    let watchdogInterval = SystemdNotify.watchdogInterval()
+    var nextWatchdog = ContinuousClock.now
+    /// `STATUS=` lines for `systemctl status`, at most this often.
+    static let statusInterval: Duration = .seconds(5)
+    var nextStatus = ContinuousClock.now
+    var framesAtLastStatus = 0
+
     /// How long shutdown may take in all: the resume state, the workers, the queued frames.
     static let shutdownDeadline: Duration = .seconds(10)
 
@@ -279,6 +287,7 @@ public final class Daemon {
 
     /// One turn of the loop: hand out work, wait for anything to happen, react to it.
     func iterate() throws {
+        notifySystemd()
         schedule()
         dispatch()
         let poller = ZmqPoller()
@@ -305,6 +314,7 @@ public final class Daemon {
         }
         var timeout: Duration = .milliseconds(500)
         if let due = workers.nextRespawn { timeout = max(.zero, min(timeout, due - .now)) }
+        if watchdogInterval != nil { timeout = max(.zero, min(timeout, nextWatchdog - .now)) }
         let ready = try poller.poll(timeout: timeout)
         if !ready[signalToken].isEmpty { drainSignals() }
         if !ready[releaseToken].isEmpty { drainReleases() }
@@ -324,6 +334,34 @@ public final class Daemon {
         for rank in ranks where writable.contains(rank) || canSend(rank) {
             try send(rank)
         }
+    }
+
+    /// `WATCHDOG=1` from the loop itself, so a loop that stops turning (wedged) stops the pings and systemd
+    /// restarts the service; and a `STATUS=` line saying what the daemon does.
+    func notifySystemd() {
+        let now = ContinuousClock.now
+        let notify = SystemdNotify()
+        if let watchdogInterval, now >= nextWatchdog {
+            _ = try? notify.watchdog()
+            nextWatchdog = now + watchdogInterval
+        }
+        guard now >= nextStatus, notify.socketName != nil else { return }
+        let seconds = Double(Self.statusInterval.components.seconds)
+        let rate = Double(framesSent - framesAtLastStatus) / seconds
+        framesAtLastStatus = framesSent
+        nextStatus = now + Self.statusInterval
+        _ = try? notify.status(statusLine(framesPerSecond: rate))
+    }
+
+    /// `rank 0 train epoch 3: batch 120/400; 412 frames/s, 2 workers` (the busiest ranks first, at most 4).
+    func statusLine(framesPerSecond rate: Double) -> String {
+        var parts: [String] = []
+        for rank in ranks.prefix(4) {
+            guard let pair = streams[rank], let stream = pair.onWire ?? (pair[pair.preferred].phase == .idle ? nil : pair[pair.preferred]) else { continue }
+            parts.append("rank \(rank) \(stream.stage.rawValue) epoch \(stream.epoch): batch \(stream.nextSend)/\(stream.plans.count)")
+        }
+        let what = parts.isEmpty ? "waiting for a trainer" : parts.joined(separator: ", ")
+        return what + String(format: "; %.0f frames/s, %d workers", rate, workers.running.count)
     }
 
     func drainSignals() {

@@ -28,6 +28,19 @@ public struct SystemdNotify: Sendable {
     @discardableResult
     public func stopping() throws(SystemdNotifyError) -> Bool { try notify(["STOPPING=1"]) }
 
+    /// `WATCHDOG=1`: the service is alive (sent while it is healthy, at least every `WatchdogSec=`/2).
+    @discardableResult
+    public func watchdog() throws(SystemdNotifyError) -> Bool { try notify(["WATCHDOG=1"]) }
+
+    /// How often systemd wants `WATCHDOG=1` (`WatchdogSec=`, passed as `$WATCHDOG_USEC`), halved as
+    /// sd_watchdog_enabled(3) advises; nil when the watchdog is off or the variable names another process
+    /// (`$WATCHDOG_PID`).
+    public static func watchdogInterval() -> Duration? {
+        guard let text = getenv("WATCHDOG_USEC").map({ String(cString: $0) }), let usec = Int64(text), usec > 0 else { return nil }
+        if let pid = getenv("WATCHDOG_PID").map({ String(cString: $0) }), pid != String(getpid()) { return nil }
+        return .microseconds(usec / 2)
+    }
+
     /// `STATUS=…`: one line shown by `systemctl status`. Line breaks become spaces (a newline would start a
     /// new assignment).
     @discardableResult

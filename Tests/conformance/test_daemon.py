@@ -431,7 +431,9 @@ def test_systemd_notification(binary, dataset, daemons, tmp_path):
         daemon = daemons(binary, daemon_config(dataset, tmp_path), env={"NOTIFY_SOCKET": path})
         assert b"READY=1" in listener.recv(4096)
         assert daemon.stop() == 0
-        assert b"STOPPING=1" in listener.recv(4096)
+        # STATUS= lines may come between.
+        while not (message := listener.recv(4096)).startswith(b"STOPPING=1"):
+            assert message.startswith(b"STATUS="), message
     finally:
         listener.close()
 
@@ -704,3 +706,38 @@ def test_logs_carry_journald_priorities_under_systemd(binary, dataset, tmp_path)
     assert any(line.startswith("<6>nb-serve: serving ranks") for line in lines), lines
     assert any(line.startswith("<3>nb-serve: could not write the resume state") for line in lines), lines
     assert not any(re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d", line) for line in lines), lines
+
+
+def test_watchdog_pings_while_the_loop_turns_and_stop_when_it_is_wedged(binary, dataset, daemons, tmp_path):
+    """With systemd's WatchdogSec (WATCHDOG_USEC) the main loop itself sends WATCHDOG=1 at half the interval,
+    with STATUS= lines; a loop wedged by a test hook (debug builds only) sends none, so systemd would restart it."""
+    listener = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    listener.bind(path)
+    listener.settimeout(WAIT_S)
+
+    def messages_for(seconds: float) -> list[bytes]:
+        received, deadline = [], time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            listener.settimeout(left)
+            try:
+                received.append(listener.recv(4096))
+            except TimeoutError:
+                break
+        return received
+
+    try:
+        daemon = daemons(binary, daemon_config(dataset, tmp_path),
+                         env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000", "NB_SERVE_TEST_FAULT": "wedge-on-stop"})
+        healthy = messages_for(1.5)
+        pings = [m for m in healthy if m == b"WATCHDOG=1"]
+        assert 5 <= len(pings) <= 25, healthy  # every 0.1 s, give or take a loaded machine
+        assert any(m.startswith(b"STATUS=waiting for a trainer; 0 frames/s, 2 workers") for m in healthy), healthy
+        daemon.epoch(0, 0, stop_after=2)
+        with pytest.raises(TimeoutError):
+            daemon.request({"cmd": "stop"}, timeout_s=1)  # the hook wedges the loop before it replies
+        messages_for(0.3)  # whatever was sent before the wedge
+        assert b"WATCHDOG=1" not in messages_for(1.5), "a wedged loop kept pinging the watchdog"
+        assert daemon.process.poll() is None
+    finally:
+        listener.close()

@@ -15,12 +15,21 @@ extension Daemon {
         do {
             let request = try ControlRequest.decode(frames)
             if TestHooks.failLoopOnAck, case .ack = request { throw DaemonError("injected fault: the main loop fails on ack") }
+            if TestHooks.wedgeOnStop, case .stop = request { Self.wedge() }
             reply = try handle(request)
             reply["ok"] = .bool(true)
         } catch let error as ControlError {
             reply = ["ok": .bool(false), "error": .string(error.description)]
         }
         _ = try control.send([Array(JSONValue.object(reply).description.utf8)])
+    }
+
+    /// Test builds only (TestHooks.wedgeOnStop): blocks the loop for good, as a deadlock would.
+    static func wedge() -> Never {
+        var fds: [Int32] = [0, 0]
+        _ = pipe(&fds)
+        var byte: UInt8 = 0
+        while true { _ = read(fds[0], &byte, 1) }
     }
 
     private func rankStreams(_ rank: Int) throws(ControlError) -> RankStreams {

@@ -17,9 +17,12 @@ enum TestHooks {
     static let crashBeforeRename = value("crash-before-rename") != nil
     /// A worker kills itself with SIGBUS whenever it is asked to decode this sequence (a poison frame).
     static let poisonSequence: Int64? = value("poison-sequence").flatMap { Int64($0) }
+    /// The daemon's main loop stops turning for good (blocked, not sleeping) when a `stop` arrives: a wedged loop.
+    static let wedgeOnStop = value("wedge-on-stop") != nil
     #else
     static let failLoopOnAck = false
     static let crashBeforeRename = false
     static let poisonSequence: Int64? = nil
+    static let wedgeOnStop = false
     #endif
 }
