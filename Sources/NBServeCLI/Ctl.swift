@@ -16,7 +16,9 @@ extension NBServe {
                 and state). stop: shut down cleanly. Without --control or --config the default control \
                 endpoint is used. A daemon whose tcp endpoints use CURVE needs --server-key (its public \
                 certificate) and --client-key (an authorised key pair). Exit status 1 when the daemon does not \
-                answer within --timeout.
+                answer within --timeout. `status --watch` redraws a live view once a second until interrupted: \
+                per rank and stage a progress bar of the epoch (consumed of its batches), frames/s, the time \
+                left at that rate, workers and errors; plain lines when stdout is not a terminal.
                 """
         )
 
@@ -39,6 +41,19 @@ extension NBServe {
         @Option(help: "Seconds to wait for the daemon.")
         var timeout = 5.0
 
+        @Flag(help: "With status: redraw a live view once a second until interrupted.")
+        var watch = false
+
+        @Option(help: ArgumentHelp("With --watch: stop after this many refreshes (default: until interrupted).", valueName: "count"))
+        var count: Int?
+
+        func validate() throws {
+            if watch && action != .status { throw ValidationError("--watch goes with status.") }
+            if watch && json { throw ValidationError("--watch shows a live view; --json prints one reply.") }
+            if count != nil && !watch { throw ValidationError("--count goes with --watch.") }
+            if let count, count < 1 { throw ValidationError("--count must be at least 1.") }
+        }
+
         @OptionGroup var curve: CurveClientOptions
 
         func run() throws {
@@ -53,6 +68,7 @@ extension NBServe {
             } else {
                 endpoint = "ipc://" + Daemon.defaultRuntimeDirectory() + "/control.sock"
             }
+            if watch { return try StatusWatch(endpoint: endpoint, timeout: timeout, curve: try curve.load(), count: count).run() }
             let reply: [String: Any]
             do {
                 let keys = try curve.load()

@@ -741,3 +741,39 @@ def test_watchdog_pings_while_the_loop_turns_and_stop_when_it_is_wedged(binary, 
         assert daemon.process.poll() is None
     finally:
         listener.close()
+
+
+def test_ctl_status_watch_redraws_on_a_terminal_and_prints_plain_lines_elsewhere(binary, dataset, daemons, tmp_path):
+    import pty
+
+    config = daemon_config(dataset, tmp_path)
+    daemon = daemons(binary, config)
+    daemon.epoch(0, 0, stop_after=3)
+    argv = [str(binary), "ctl", "--control", daemon.control, "status", "--watch", "--count", "2"]
+    plain = support.run_ok(binary, "ctl", "--control", daemon.control, "status", "--watch", "--count", "2").stdout
+    assert "\x1b[" not in plain, "escape sequences on a pipe"
+    assert plain.count("nb-serve pid") == 2, plain
+    rank_lines = [line for line in plain.splitlines() if line.startswith("rank 0 train epoch 0")]
+    assert len(rank_lines) == 2 and "3/" in rank_lines[0] and "[" in rank_lines[0], plain
+    assert "frames/s" in rank_lines[1] and "left" in rank_lines[1], plain  # a rate from the second refresh on
+    # Under a pseudo-terminal the view is redrawn in place.
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(argv[0], argv)
+    output = b""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    text = output.decode()
+    assert text.count("\x1b[H\x1b[J") == 2, text
+    assert "rank 0 train epoch 0 [" in text and "workers: 2" in text, text
+    bad = support.run(binary, "ctl", "--control", daemon.control, "stop", "--watch")
+    assert bad.returncode == 2 and "--watch goes with status" in bad.stderr
