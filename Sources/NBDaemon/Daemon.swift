@@ -68,6 +68,10 @@ public final class Daemon {
     /// The ZAP handler for CURVE endpoints (nil without CURVE); serviced by the poll loop.
     let authenticator: ZapResponder?
     var sockets: [Int: ZmqSocket] = [:]
+    /// Trainers connected to each rank's socket. PUSH deals messages round-robin among its peers, so while a
+    /// reconnecting trainer's old connection is still open beside the new one, a message could go to the
+    /// connection being closed and be lost: the daemon sends only while exactly one trainer is connected.
+    var peerMonitors: [Int: ZmqPeerMonitor] = [:]
     var endpoints: [Int: String] = [:]
     var streams: [Int: RankStreams] = [:]
     var streamIDs = StreamIDs()
@@ -171,6 +175,7 @@ public final class Daemon {
             let socket = try ZmqSocket(.push, context: context)
             try socket.set(.sendHighWaterMark, Int32(config.serve.prefetch))
             try socket.set(.linger, 2000)
+            peerMonitors[rank] = try ZmqPeerMonitor(socket, context: context, address: "nb-serve-rank-\(rank)-peers")
             try security.bind(socket, to: endpoint, isControl: false)
             sockets[rank] = socket
             endpoints[rank] = endpoint
@@ -307,6 +312,10 @@ public final class Daemon {
         for rank in ranks where canSend(rank) {
             rankTokens.append((poller.add(sockets[rank]!, events: .writable), rank))
         }
+        var monitorTokens: [(ZmqPoller.Token, ZmqPeerMonitor)] = []
+        for monitor in peerMonitors.values {
+            monitorTokens.append((poller.add(monitor.socket, events: .readable), monitor))
+        }
         var sessionTokens: [(ZmqPoller.Token, LeaseSessions.Session)] = []
         let listenerToken = leaseSessions.map { poller.add(fileDescriptor: $0.listener, events: .readable) }
         for session in leaseSessions?.sessions ?? [] {
@@ -318,6 +327,7 @@ public final class Daemon {
         let ready = try poller.poll(timeout: timeout)
         if !ready[signalToken].isEmpty { drainSignals() }
         if !ready[releaseToken].isEmpty { drainReleases() }
+        for (token, monitor) in monitorTokens where ready[token].contains(.readable) { try monitor.drain() }
         for (token, session) in sessionTokens where !ready[token].isEmpty { leaseSessions?.service(session) }
         if let listenerToken, !ready[listenerToken].isEmpty { leaseSessions?.accept() }
         if let zapToken, ready[zapToken].contains(.readable) { try authenticator?.answerPending() }
@@ -330,8 +340,7 @@ public final class Daemon {
         // Every rank with something to send tries now, not only those the poll saw writable: a request
         // handled in this turn (an epoch whose first batches were decoded ahead) or a lease released in it
         // must not wait for the next wake-up. Sends never block; a full queue just ends the attempt.
-        let writable = Set(rankTokens.filter { ready[$0.0].contains(.writable) }.map(\.1))
-        for rank in ranks where writable.contains(rank) || canSend(rank) {
+        for rank in ranks where canSend(rank) {
             try send(rank)
         }
     }
@@ -498,14 +507,14 @@ public final class Daemon {
 
     /// Whether the rank has a message to send now: a ready one, and for a shared-memory batch a lease to spare.
     func canSend(_ rank: Int) -> Bool {
-        guard let stream = streams[rank]?.onWire, let next = stream.next else { return false }
+        guard peerMonitors[rank]?.peers == 1, let stream = streams[rank]?.onWire, let next = stream.next else { return false }
         if case .batch = next, stream.transport == .shm { return leaseSessions?.mayLease(rank: rank) ?? false }
         return true
     }
 
     /// Sends the rank's next ready messages, in order, without blocking.
     func send(_ rank: Int) throws {
-        guard let socket = sockets[rank], let rankStreams = streams[rank] else { return }
+        guard let socket = sockets[rank], let rankStreams = streams[rank], peerMonitors[rank]?.peers == 1 else { return }
         while let stream = rankStreams.onWire, let outgoing = stream.next {
             let stage: WireProtocol.Stage = stream.stage == .train ? .train : .val
             let sent: Bool
@@ -619,6 +628,7 @@ public final class Daemon {
         }
         workers.stop(deadline: deadline)
         leaseSessions?.close()
+        for monitor in peerMonitors.values { monitor.close() }
         for socket in sockets.values { socket.close() }
         control.close()
         authenticator?.close()
