@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import NBLoader
 import NBSystem
+import NBVocabulary
 
 /// The daemon's resume state on disk: noisebase's `{start_epoch_idx, start_sequence_idx}` plus what it
 /// belongs to. Written crash-safely: a temporary file in the same directory, fsync, rename over the old
@@ -115,7 +116,7 @@ public struct ResumeStateFile: Codable, Sendable, Equatable {
         } catch let error as ResumeStateError {
             throw refuse(error.reason)
         } catch {
-            throw refuse("not a resume state written by nb-serve (\(describe(error)))")
+            throw refuse("not a resume state written by nb-serve (\(describeDecodingFailure(error)))")
         }
         guard state.version == currentVersion else {
             throw refuse("format version \(state.version); this nb-serve reads version \(currentVersion)")
@@ -155,17 +156,6 @@ public struct ResumeStateFile: Codable, Sendable, Equatable {
             if unlink(directory + "/" + name) == 0 { removed.append(name) }
         }
         return removed
-    }
-
-    private static func describe(_ error: any Error) -> String {
-        switch error {
-        case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context),
-             DecodingError.keyNotFound(_, let context), DecodingError.dataCorrupted(let context):
-            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
-            return path.isEmpty ? context.debugDescription : "\(path): \(context.debugDescription)"
-        default:
-            return String(describing: error)
-        }
     }
 }
 

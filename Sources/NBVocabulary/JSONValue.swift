@@ -151,3 +151,16 @@ extension JSONValue {
         }
     }
 }
+
+/// A `Codable` decoding failure as one sentence: the key path at fault and what was wrong, without
+/// Foundation's wrapping (for errors that name a file: `.zarray`, resume states).
+public func describeDecodingFailure(_ error: any Error) -> String {
+    switch error {
+    case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context),
+         DecodingError.keyNotFound(_, let context), DecodingError.dataCorrupted(let context):
+        let path = context.codingPath.map(\.stringValue).joined(separator: ".")
+        return path.isEmpty ? context.debugDescription : "\(path): \(context.debugDescription)"
+    default:
+        return String(describing: error)
+    }
+}

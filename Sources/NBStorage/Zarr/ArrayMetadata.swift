@@ -46,7 +46,7 @@ public struct ArrayMetadata: Sendable {
         do {
             raw = try JSONDecoder().decode(Raw.self, from: Data(json))
         } catch {
-            throw invalid("not valid JSON of the expected form (\(Self.describe(error)))")
+            throw invalid("not valid JSON of the expected form (\(describeDecodingFailure(error)))")
         }
         guard raw.zarr_format == 2 else {
             throw unsupported("zarr_format \(raw.zarr_format.map(String.init) ?? "missing") (only Zarr v2 is read)")
@@ -98,16 +98,5 @@ public struct ArrayMetadata: Sendable {
         self.fillValue = fill
         self.dimensionSeparator = separator
         self.fillBytes = fillBytes
-    }
-
-    private static func describe(_ error: any Error) -> String {
-        switch error {
-        case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context),
-             DecodingError.keyNotFound(_, let context), DecodingError.dataCorrupted(let context):
-            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
-            return path.isEmpty ? context.debugDescription : "\(path): \(context.debugDescription)"
-        default:
-            return String(describing: error)
-        }
     }
 }
