@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .systemLibrary(name: "CZmq", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
@@ -39,7 +41,7 @@ let package = Package(
         // The vocabulary every layer shares: element types, JSON values, stages.
         .target(name: "NBVocabulary"),
         // The system-call layer: one error type, EINTR-safe calls, whole reads and writes, wait statuses.
-        .target(name: "NBSystem", dependencies: ["NBVocabulary", "CSystem"]),
+        .target(name: "NBSystem", dependencies: ["NBVocabulary", "CNBSystem"]),
         .target(
             name: "NBStorage",
             dependencies: ["NBVocabulary", "NBSystem", "CZstd", "CBlosc", "CLZ4", "CZlib"],
@@ -58,19 +60,30 @@ let package = Package(
         ),
         // The ZeroMQ transport and wire protocol v1: sockets, poller, zero-copy sends, sd_notify.
         .target(name: "NBTransport", dependencies: ["CZmq", "NBVocabulary"]),
+        // The Prometheus endpoint: swift-prometheus' registry and text format, served over HTTP by swift-nio.
+        .target(
+            name: "NBMetrics",
+            dependencies: [
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         // The daemon: worker processes, shared batch memory, rank streams, control, resume state.
-        .target(name: "CSystem"),
+        .target(name: "CNBSystem"),
         // Test builds (debug) compile in the fault hooks the process tests inject (TestHooks.swift).
         .target(
             name: "NBDaemon",
             dependencies: [
-                "NBVocabulary", "NBSystem", "NBLoader", "NBStorage", "NBTransport", "CSystem",
+                "NBVocabulary", "NBSystem", "NBLoader", "NBStorage", "NBTransport", "NBMetrics", "CNBSystem",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: [.define("NB_SERVE_TEST_HOOKS", .when(configuration: .debug))]
         ),
         // The trainer's side in Swift (demo, bench, ctl): control requests, data sockets, shared-memory sessions.
-        .target(name: "NBClient", dependencies: ["NBVocabulary", "NBSystem", "NBTransport", "CSystem"]),
+        .target(name: "NBClient", dependencies: ["NBVocabulary", "NBSystem", "NBTransport", "CNBSystem"]),
         .executableTarget(
             name: "NBServeCLI",
             dependencies: [

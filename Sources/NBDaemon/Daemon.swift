@@ -1,8 +1,10 @@
-import CSystem
+import CNBSystem
 import Foundation
 import Glibc
 import Logging
 import NBLoader
+import NBMetrics
+import Prometheus
 import NBStorage
 import NBSystem
 import NBTransport
@@ -96,6 +98,14 @@ public final class Daemon {
     let buffersPerStream: Int
     /// Same-host trainers' shared-memory sessions; nil when the transport is off.
     var leaseSessions: LeaseSessions?
+    /// The Prometheus series, and the endpoint serving them (nil when `serve.metrics` is empty, or when the
+    /// default port was taken).
+    let metrics: ServeMetrics
+    var metricsEndpoint: MetricsEndpoint?
+    /// Worker restarts already counted in `metrics`, and when the gauges are next refreshed.
+    var restartsCounted = 0
+    var nextGaugeRefresh = ContinuousClock.now
+    var nextMemoryRefresh = ContinuousClock.now
 
     public init(options: DaemonOptions) throws {
         self.options = options
@@ -141,6 +151,7 @@ public final class Daemon {
                 rank: rank, trainBuffers: Array(base..<(base + buffersPerStream)),
                 valBuffers: Array((base + buffersPerStream)..<(base + perRank)))
         }
+        metrics = ServeMetrics(ranks: ranks, sharedMemoryBytes: memory.byteCount, startTime: Date().timeIntervalSince1970)
         let configBytes = Array(text.utf8)
         let configCopy = try SharedBatchMemory(creating: max(1, configBytes.count), name: "nb-serve-config")
         configBytes.withUnsafeBytes { configCopy.region(offset: 0, count: $0.count)?.copyMemory(from: $0) }
@@ -181,6 +192,8 @@ public final class Daemon {
             endpoints[rank] = endpoint
         }
 
+        metricsEndpoint = try Self.startMetrics(config, registry: metrics.registry)
+
         var pipeFDs: [Int32] = [0, 0]
         guard nb_pipe_cloexec(&pipeFDs, 1) == 0 else { throw SystemCallError(call: "pipe2", errno: errno) }
         signalPipe = pipeFDs
@@ -211,6 +224,34 @@ public final class Daemon {
             log: { Self.log($0, .warning) })
         leaseSessions?.onRelease = { [unowned self] rank, buffer in
             streams[rank]?.stream(owning: buffer)?.frameReleased(buffer: buffer)
+        }
+    }
+
+    /// Starts the Prometheus endpoint `serve.metrics` names. The default address is skipped with a log line
+    /// when it is taken (another daemon on the host serves its own there); an address the config names
+    /// that cannot be bound is a start-up error, as any other endpoint's.
+    static func startMetrics(_ config: LoaderConfig, registry: PrometheusCollectorRegistry) throws -> MetricsEndpoint? {
+        let address: MetricsAddress
+        switch config.serve.metrics {
+        case .some(""):
+            return nil
+        case .some(let text):
+            switch MetricsAddress.parse(text) {
+            case .success(let parsed): address = parsed
+            case .failure(let error): throw ConfigError(file: config.file, key: "serve.metrics", reason: error.description)
+            }
+        case nil:
+            address = .standard
+        }
+        do {
+            let endpoint = try MetricsEndpoint(address: address, registry: registry)
+            log("metrics: Prometheus endpoint on \(endpoint.url)")
+            return endpoint
+        } catch .addressInUse(let where_) where config.serve.metrics == nil {
+            log("metrics: the default address \(where_) is in use (another nb-serve on this host?); serving without a metrics endpoint. Set serve.metrics to another address, or \"\" to turn it off", .warning)
+            return nil
+        } catch {
+            throw ConfigError(file: config.file, key: "serve.metrics", reason: error.description)
         }
     }
 
@@ -349,6 +390,7 @@ public final class Daemon {
     /// restarts the service; and a `STATUS=` line saying what the daemon does.
     func notifySystemd() {
         let now = ContinuousClock.now
+        refreshMetrics(now: now)
         let notify = SystemdNotify()
         if let watchdogInterval, now >= nextWatchdog {
             _ = try? notify.watchdog()
@@ -362,12 +404,35 @@ public final class Daemon {
         _ = try? notify.status(statusLine(framesPerSecond: rate))
     }
 
-    /// `rank 0 train epoch 3: batch 120/400; 412 frames/s, 2 workers` (the busiest ranks first, at most 4).
+    /// Brings the gauges up to date (at most 4 times a second; resident memory once a second): a scrape
+    /// sees values at most that old, and a loop turning thousands of times a second pays nothing for it.
+    func refreshMetrics(now: ContinuousClock.Instant) {
+        guard now >= nextGaugeRefresh else { return }
+        nextGaugeRefresh = now + .milliseconds(250)
+        for rank in ranks {
+            guard let pair = streams[rank] else { continue }
+            metrics[rank, .train]?.refresh(pair.train)
+            metrics[rank, .val]?.refresh(pair.val)
+            metrics.heldLeases[rank]?.set(Double(leaseSessions?.held(rank: rank) ?? 0))
+        }
+        metrics.workers.set(Double(workers.running.count))
+        if workers.restarts > restartsCounted {
+            metrics.workerRestarts.increment(by: Int64(workers.restarts - restartsCounted))
+            restartsCounted = workers.restarts
+        }
+        guard now >= nextMemoryRefresh else { return }
+        nextMemoryRefresh = now + .seconds(1)
+        metrics.daemonResident.set(Self.residentMegabytes(pid: getpid()) * 1_048_576)
+        metrics.workersResident.set(workers.running.reduce(0) { $0 + Self.residentMegabytes(pid: $1.1.pid) } * 1_048_576)
+    }
+
+    /// `rank 0 train epoch 3: batch 120/400, stall 2%; 412 frames/s, 2 workers` (at most 4 ranks).
     func statusLine(framesPerSecond rate: Double) -> String {
         var parts: [String] = []
         for rank in ranks.prefix(4) {
             guard let pair = streams[rank], let stream = pair.onWire ?? (pair[pair.preferred].phase == .idle ? nil : pair[pair.preferred]) else { continue }
-            parts.append("rank \(rank) \(stream.stage.rawValue) epoch \(stream.epoch): batch \(stream.nextSend)/\(stream.plans.count)")
+            let stall = stream.timing.stall.map { String(format: ", stall %.0f%%", $0 * 100) } ?? ""
+            parts.append("rank \(rank) \(stream.stage.rawValue) epoch \(stream.epoch): batch \(stream.nextSend)/\(stream.plans.count)\(stall)")
         }
         let what = parts.isEmpty ? "waiting for a trainer" : parts.joined(separator: ", ")
         return what + String(format: "; %.0f frames/s, %d workers", rate, workers.running.count)
@@ -452,6 +517,9 @@ public final class Daemon {
         for result in received.results {
             workers.completed()
             deaths.removeValue(forKey: result.id)
+            if let owner = taskOwners[result.id] {
+                metrics[owner.rank, owner.stage]?.decode.record(Double(result.decodeNanoseconds) / 1e9)
+            }
             var report: ErrorReport?
             if !result.error.isEmpty {
                 report = (try? JSONDecoder().decode(ErrorReport.self, from: Data(result.error.utf8)))
@@ -487,19 +555,32 @@ public final class Daemon {
                 let report = ErrorReport(
                     file: config.sequencePath(Int(task.sequence)), array: "", chunk: "",
                     reason: "\(count) workers died decoding frame \(task.frame) of sequence \(task.sequence) from this file")
-                finish(task.id, report: report)
+                finish(task.id, report: report, kind: .workerCrash)
             }
         }
     }
 
+    /// Why a task failed, for `nbserve_errors_total{kind}`.
+    enum FailureKind {
+        /// The worker reported the file's data could not be read or decoded.
+        case decode
+        /// Workers kept dying on the task.
+        case workerCrash
+    }
+
     /// A task is done (decoded, or failed with `report`): its batch's assembly counts it.
-    func finish(_ id: Int64, report: ErrorReport?) {
+    func finish(_ id: Int64, report: ErrorReport?, kind: FailureKind = .decode) {
         guard let owner = taskOwners.removeValue(forKey: id), let stream = streams[owner.rank]?[owner.stage] else { return }
         let current = stream.owns(id: owner.stream, batch: owner.batch, buffer: owner.buffer)
         stream.taskFinished(id: owner.stream, batch: owner.batch, buffer: owner.buffer, failure: report)
         if current, let report {
             let text = "rank \(owner.rank) \(owner.stage.rawValue) epoch \(stream.epoch) batch \(owner.batch): \(report.file) \(report.array) \(report.chunk): \(report.reason)"
             Self.log("decode failed: " + text, .warning)
+            let series = metrics[owner.rank, owner.stage]
+            switch kind {
+            case .decode: series?.decodeErrors.increment()
+            case .workerCrash: series?.crashErrors.increment()
+            }
             errors.append(text)
             if errors.count > 50 { errors.removeFirst() }
         }
@@ -534,6 +615,9 @@ public final class Daemon {
             case .batch(_, let plan, let buffer):
                 sent = try sendBatch(plan, buffer: buffer, stream: stream, stage: stage, rank: rank, socket: socket)
                 if sent { framesSent += plan.sequences.count }
+            }
+            if sent, case .batch(_, let plan, _) = outgoing {
+                metrics[rank, stream.stage]?.sent(frames: plan.sequences.count, bytes: layout.tensors.reduce(0) { $0 + $1.filled(plan.sequences.count).bytes.count })
             }
             guard sent else { return }
             stream.sent(outgoing)
@@ -627,6 +711,7 @@ public final class Daemon {
             }
         }
         workers.stop(deadline: deadline)
+        metricsEndpoint?.close()
         leaseSessions?.close()
         for monitor in peerMonitors.values { monitor.close() }
         for socket in sockets.values { socket.close() }

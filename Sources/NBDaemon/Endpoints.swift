@@ -1,4 +1,4 @@
-import CSystem
+import CNBSystem
 import Foundation
 import Glibc
 import NBLoader

@@ -1,4 +1,4 @@
-import CSystem
+import CNBSystem
 import Glibc
 import NBSystem
 

@@ -1,4 +1,4 @@
-import CSystem
+import CNBSystem
 import Glibc
 
 /// How a child process ended, decoded from a `waitpid` status: the one place the package reads one.

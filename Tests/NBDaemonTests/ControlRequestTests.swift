@@ -26,7 +26,10 @@ final class ControlRequestTests: XCTestCase {
             .epoch(EpochRequest(rank: 0, stage: .train, epoch: 0, state: nil, continues: false)))
         XCTAssertEqual(
             try decode(#"{"cmd":"ack","rank":0,"stage":"train","epoch":2,"batches":5,"stream":1796186412000001}"#),
-            .ack(rank: 0, stage: .train, epoch: 2, batches: 5, stream: 1_796_186_412_000_001))
+            .ack(AckRequest(rank: 0, stage: .train, epoch: 2, batches: 5, stream: 1_796_186_412_000_001)))
+        XCTAssertEqual(
+            try decode(#"{"cmd":"ack","rank":0,"stage":"val","epoch":0,"batches":0,"wait_s":[0.25,0,1e-3],"busy_s":2}"#),
+            .ack(AckRequest(rank: 0, stage: .val, epoch: 0, batches: 0, waits: [0.25, 0, 0.001], busy: 2)))
         XCTAssertEqual(try decode(#"{"cmd":"length"}"#), .length(stage: .train, rank: 0, epoch: 0))
         XCTAssertEqual(
             try decode(#"{"cmd":"epoch","rank":0,"stage":"train","epoch":1,"transport":"shm"}"#),
@@ -52,6 +55,16 @@ final class ControlRequestTests: XCTestCase {
                       #""start_sequence_idx" -1 is out of range (0 to 2147483647)"#)
         assertRefused(#"{"cmd":"ack","rank":0,"stage":"train","epoch":0,"batches":1,"stream":0.5}"#,
                       #""stream" must be a JSON integer, not a number with a fraction or exponent"#)
+    }
+
+    func testTrainerTimingIsSecondsInRange() {
+        let ack = #"{"cmd":"ack","rank":0,"stage":"train","epoch":0,"batches":1,"#
+        assertRefused(ack + #""wait_s":[0.1,true]}"#, #""wait_s"[1] must be a number of seconds, not a bool"#)
+        assertRefused(ack + #""wait_s":[-0.5]}"#, #""wait_s"[0] -0.5 is out of range (0 to 86400 seconds)"#)
+        assertRefused(ack + #""wait_s":0.5}"#, #""wait_s" must be an array of seconds, not a number with a fraction or exponent"#)
+        assertRefused(ack + #""busy_s":"1"}"#, #""busy_s" must be a number of seconds, not a string"#)
+        assertRefused(ack + #""busy_s":1e9}"#, #""busy_s" 1000000000.0 is out of range (0 to 86400 seconds)"#)
+        assertRefused(ack + #""busy_s":null}"#, #""busy_s" must be a number of seconds, not null"#)
     }
 
     func testUnknownKeysAndCommandsAreNamed() {

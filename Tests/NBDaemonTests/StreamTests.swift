@@ -90,6 +90,20 @@ final class StageStreamTests: XCTestCase {
         XCTAssertEqual(stream.consumed, 1, "acknowledgements never go backwards")
     }
 
+    func testTrainerTimingIsPerEpochAndSurvivesAReconnect() {
+        let stream = StageStream(rank: 0, stage: .train, buffers: [0, 1])
+        stream.start(id: 1, epoch: 0, resume: nil, plans: plans(4))
+        XCTAssertNil(stream.timing.stall, "no report, no stall figure")
+        stream.timing.add(waits: [0.25, 0.5], busy: 1.0)
+        stream.timing.add(waits: [0.25], busy: 1.25)
+        XCTAssertEqual(stream.timing.waits, 3)
+        XCTAssertEqual(stream.timing.stall, 1.0 / 3.25)
+        stream.resumeAtConsumed(id: 2)
+        XCTAssertEqual(stream.timing.waits, 3, "a reconnecting trainer continues the same epoch")
+        stream.start(id: 3, epoch: 1, resume: nil, plans: plans(4))
+        XCTAssertEqual(stream.timing, TrainerTiming(), "a new epoch starts its own figures")
+    }
+
     func testResumingAtConsumedStartsANewStreamAndOrphansOldTasks() throws {
         let stream = StageStream(rank: 0, stage: .train, buffers: [0, 1])
         stream.start(id: 1, epoch: 2, resume: nil, plans: plans(4))

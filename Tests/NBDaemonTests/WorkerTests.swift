@@ -19,8 +19,8 @@ final class WorkerTests: XCTestCase {
         XCTAssertEqual(task.encoded.count, WorkerTask.byteCount)
         XCTAssertEqual(WorkerTask(decoding: task.encoded), task)
         XCTAssertNil(WorkerTask(decoding: task.encoded.dropLast()))
-        let result = WorkerResult(id: 9, error: #"{"file": "a.zip"}"#)
-        XCTAssertEqual(Array(result.encoded.prefix(16)), [9, 0, 0, 0, 0, 0, 0, 0, 17, 0, 0, 0, 0, 0, 0, 0])
+        let result = WorkerResult(id: 9, decodeNanoseconds: 258, error: #"{"file": "a.zip"}"#)
+        XCTAssertEqual(Array(result.encoded.prefix(24)), [9, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 17, 0, 0, 0, 0, 0, 0, 0])
     }
 
     /// Real children: a clean exit, an exit status, and a signal are each told apart.

@@ -30,6 +30,21 @@ struct EpochRequest: Equatable {
     var transport: Transport = .frames
 }
 
+/// `ack`: the trainer consumed the first `batches` batches of its stream's epoch, and (optionally) how it
+/// spent its time since its last `ack`.
+struct AckRequest: Equatable {
+    var rank: Int
+    var stage: Stage
+    var epoch: Int
+    var batches: Int
+    /// The stream the trainer reads (checked against the current one when given).
+    var stream: Int?
+    /// Seconds the trainer waited for each batch it received since its last `ack` (`wait_s`).
+    var waits: [Double] = []
+    /// Seconds it spent between those batches, training (`busy_s`).
+    var busy: Double = 0
+}
+
 /// How a stream's batches reach the trainer: as ZeroMQ frames (anywhere), or as leases of the daemon's
 /// shared memory (a trainer on the same host with a shared-memory session).
 enum Transport: String, Equatable {
@@ -42,7 +57,7 @@ enum Transport: String, Equatable {
 /// string), and strings where strings belong. Anything else is refused with a sentence naming the key.
 enum ControlRequest: Equatable {
     case epoch(EpochRequest)
-    case ack(rank: Int, stage: Stage, epoch: Int, batches: Int, stream: Int?)
+    case ack(AckRequest)
     case length(stage: Stage, rank: Int, epoch: Int)
     case status
     case checkpoint
@@ -50,6 +65,9 @@ enum ControlRequest: Equatable {
 
     /// Requests longer than this are refused unread (a request is a few hundred bytes).
     static let maximumByteCount = 64 * 1024
+    /// A reported duration beyond this many seconds (a day) is refused: no wait or training step is that long
+    /// between two reports, which the client sends at least once a second while it iterates.
+    static let maximumSeconds = 86_400.0
     /// Epoch numbers and sequence positions: what noisebase's seeds and slices can take, far beyond any run.
     static let maximumIndex = Int(Int32.max)
 
@@ -81,10 +99,11 @@ enum ControlRequest: Equatable {
                 rank: try fields.index("rank"), stage: try fields.stage(), epoch: try fields.index("epoch"),
                 state: try fields.state(), continues: try fields.bool("continue") ?? false, transport: try fields.transport()))
         case "ack":
-            try fields.allow(["rank", "stage", "epoch", "batches", "stream"], command: name)
-            return .ack(
+            try fields.allow(["rank", "stage", "epoch", "batches", "stream", "wait_s", "busy_s"], command: name)
+            return .ack(AckRequest(
                 rank: try fields.index("rank"), stage: try fields.stage(), epoch: try fields.index("epoch"),
-                batches: try fields.index("batches"), stream: try fields.optionalIndex("stream", maximum: Int.max))
+                batches: try fields.index("batches"), stream: try fields.optionalIndex("stream", maximum: Int.max),
+                waits: try fields.durations("wait_s"), busy: try fields.duration("busy_s") ?? 0))
         case "length":
             try fields.allow(["rank", "stage", "epoch"], command: name)
             return .length(
@@ -148,6 +167,35 @@ enum ControlRequest: Equatable {
                 throw .invalid("\"\(key)\" \(value) is out of range (0 to \(maximum))")
             }
             return number
+        }
+
+        /// A duration in seconds: any JSON number (never a bool or a string), finite, from 0 to a day.
+        func duration(_ key: String, _ value: JSONValue? = nil, at index: Int? = nil) throws(ControlError) -> Double? {
+            guard let value = value ?? object[key] else { return nil }
+            let name = index.map { "\"\(key)\"[\($0)]" } ?? "\"\(key)\""
+            let seconds: Double
+            switch value {
+            case .int(let exact): seconds = Double(exact)
+            case .uint(let exact): seconds = Double(exact)
+            case .double(let number): seconds = number
+            default: throw .invalid("\(name) must be a number of seconds, not \(ControlRequest.kind(value))")
+            }
+            guard seconds >= 0, seconds <= ControlRequest.maximumSeconds else {
+                throw .invalid("\(name) \(value) is out of range (0 to \(Int(ControlRequest.maximumSeconds)) seconds)")
+            }
+            return seconds
+        }
+
+        /// An array of durations.
+        func durations(_ key: String) throws(ControlError) -> [Double] {
+            guard let value = object[key] else { return [] }
+            guard case .array(let items) = value else { throw .invalid("\"\(key)\" must be an array of seconds, not \(ControlRequest.kind(value))") }
+            var seconds: [Double] = []
+            seconds.reserveCapacity(items.count)
+            for (index, item) in items.enumerated() {
+                if let value = try duration(key, item, at: index) { seconds.append(value) }
+            }
+            return seconds
         }
 
         static func integerText(_ value: Double) -> String {

@@ -43,16 +43,19 @@ extension Daemon {
         switch request {
         case .epoch(let request):
             return try startEpoch(request)
-        case .ack(let rank, let stage, let epoch, let batches, let id):
+        case .ack(let ack):
+            let (rank, stage) = (ack.rank, ack.stage)
             let stream = try rankStreams(rank)[stage]
             guard stream.phase != .idle else { throw .refused("rank \(rank) has no \(stage.rawValue) stream to acknowledge") }
-            if let id, id != stream.id {
+            if let id = ack.stream, id != stream.id {
                 throw .refused("stream \(id) is not rank \(rank)'s current \(stage.rawValue) stream (\(stream.id))")
             }
-            guard epoch == stream.epoch else {
-                throw .refused("rank \(rank)'s \(stage.rawValue) stream is at epoch \(stream.epoch), not \(epoch)")
+            guard ack.epoch == stream.epoch else {
+                throw .refused("rank \(rank)'s \(stage.rawValue) stream is at epoch \(stream.epoch), not \(ack.epoch)")
             }
-            try stream.acknowledge(batches)
+            try stream.acknowledge(ack.batches)
+            stream.timing.add(waits: ack.waits, busy: ack.busy)
+            metrics[rank, stage]?.recordTrainer(waits: ack.waits, busy: ack.busy, stall: stream.timing.stall)
             return ["consumed": .int(Int64(stream.consumed)), "stream": .int(Int64(stream.id))]
         case .length(let stage, let rank, let epoch):
             do {
@@ -171,6 +174,11 @@ extension Daemon {
                 "sent": .int(Int64(stream.nextSend)), "consumed": .int(Int64(stream.consumed)),
                 "ready": .int(Int64(stream.readyCount)), "errors": .int(Int64(stream.errorsSent)),
                 "free_buffers": .int(Int64(stream.buffers.free.count)),
+                // What the trainer reported of this epoch: seconds waited for batches and spent between them.
+                "trainer": .object([
+                    "wait_s": .double(stream.timing.waitSeconds), "busy_s": .double(stream.timing.busySeconds),
+                    "batches": .int(Int64(stream.timing.waits)), "stall": stream.timing.stall.map { .double($0) } ?? .null,
+                ]),
                 "ahead": stream.lookahead.map { .object(["epoch": .int(Int64($0.epoch)), "ready": .int(Int64(stream.readyAhead))]) } ?? .null,
             ])
         }
@@ -202,6 +210,7 @@ extension Daemon {
             "errors": .array(errors.map { .string($0) }), "uptime_s": .double(uptime),
             "frames_per_s": .double(Double(framesSent) / uptime), "bytes_per_s": .double(Double(bytesSent) / uptime),
             "queued_tasks": .int(Int64(taskQueue.count)), "control": .string(controlEndpoint),
+            "metrics": metricsEndpoint.map { .string($0.url) } ?? .null,
             "shm_socket": leaseSessions.map { .string($0.path) } ?? .null, "leases_per_rank": .int(Int64(config.serve.leaseLimit)),
             "rss_mb": .double(Self.residentMegabytes(pid: getpid()) + workerRSS),
             // What a client needs to interpret the stream without the config.

@@ -54,6 +54,8 @@ final class StageStream {
     private(set) var assemblies: [Int: Assembly] = [:]
     /// `error` messages sent in place of batches (the `end` message counts only batches).
     private(set) var errorsSent = 0
+    /// What the trainer reported of its time on this epoch (kept when a reconnecting trainer continues it).
+    var timing = TrainerTiming()
 
     /// The first batches of the epoch a trainer is expected to ask for next, decoded ahead into buffers the
     /// current stream no longer needs. The plan is a pure function of the config, seed and epoch, so the
@@ -83,6 +85,7 @@ final class StageStream {
         self.resume = resume
         self.plans = plans
         consumed = 0
+        timing = TrainerTiming()
         if let ahead = lookahead, ahead.epoch == epoch, ahead.resume == resume, ahead.plans == plans {
             lookahead = nil
             restart(id: ahead.id, at: 0, keeping: ahead.assemblies)

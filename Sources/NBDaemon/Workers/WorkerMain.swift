@@ -1,4 +1,4 @@
-import CSystem
+import CNBSystem
 import Glibc
 import Logging
 import NBLoader
@@ -41,6 +41,7 @@ public enum WorkerMain {
             let decoder = decoders[batchSize] ?? FrameDecoder(config: config, batchSize: batchSize)
             decoders[batchSize] = decoder
             var message = ""
+            let began = ContinuousClock.now
             if let buffer = memory.region(offset: Int(task.bufferOffset), count: decoder.layout.byteCount),
                task.slot >= 0, task.slot < task.batchSize {
                 do {
@@ -54,7 +55,9 @@ public enum WorkerMain {
             } else {
                 message = ErrorReport(file: "", array: "", chunk: "", reason: "task \(task.id) does not fit the shared memory").json
             }
-            let reply = WorkerResult(id: task.id, error: message).encoded
+            let elapsed = (ContinuousClock.now - began).components
+            let nanoseconds = elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000
+            let reply = WorkerResult(id: task.id, decodeNanoseconds: nanoseconds, error: message).encoded
             // The daemon closed its end: nothing to answer to.
             do { try reply.withUnsafeBytes { try writeAll(1, $0, what: "the result pipe") } } catch { return 1 }
         }

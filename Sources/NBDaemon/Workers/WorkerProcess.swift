@@ -1,4 +1,4 @@
-import CSystem
+import CNBSystem
 import Glibc
 import NBSystem
 
@@ -95,17 +95,21 @@ public final class WorkerProcess {
             if count < 0 && errno == EINTR { continue }
             break
         }
-        while pendingResult.count >= 16 {
-            let id = pendingResult.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(as: Int64.self)) }
-            let length = pendingResult.withUnsafeBytes { Int(Int64(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: Int64.self))) }
+        let header = WorkerResult.headerByteCount
+        while pendingResult.count >= header {
+            let (id, nanoseconds, length) = pendingResult.withUnsafeBytes { bytes in
+                (Int64(littleEndian: bytes.loadUnaligned(as: Int64.self)),
+                 Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: Int64.self)),
+                 Int(Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: 16, as: Int64.self))))
+            }
             guard length >= 0, length <= 1 << 20 else {
                 received.ended = true
                 break
             }
-            guard pendingResult.count >= 16 + length else { break }
-            let message = String(decoding: pendingResult[16..<(16 + length)], as: UTF8.self)
-            pendingResult.removeFirst(16 + length)
-            received.results.append(WorkerResult(id: id, error: message))
+            guard pendingResult.count >= header + length else { break }
+            let message = String(decoding: pendingResult[header..<(header + length)], as: UTF8.self)
+            pendingResult.removeFirst(header + length)
+            received.results.append(WorkerResult(id: id, decodeNanoseconds: nanoseconds, error: message))
             if let index = outstanding.firstIndex(where: { $0.id == id }) { outstanding.remove(at: index) }
             completed += 1
         }

@@ -46,23 +46,29 @@ public struct WorkerTask: Sendable, Equatable {
     }
 }
 
-/// A worker's answer: the task id, and for a failure the file/array/chunk and reason, as one line of
-/// JSON after a 16-byte header (id, message length).
+/// A worker's answer: the task id, how long the worker took to decode it, and for a failure the
+/// file/array/chunk and reason, as one line of JSON after a 24-byte header (id, nanoseconds, message length).
 public struct WorkerResult: Sendable, Equatable {
     public var id: Int64
+    /// Worker time spent reading, decoding and augmenting the frame (for `nbserve_decode_seconds`).
+    public var decodeNanoseconds: Int64
     /// Empty on success; otherwise `{"file": …, "array": …, "chunk": …, "reason": …}`.
     public var error: String
 
-    public init(id: Int64, error: String) {
+    public static let headerByteCount = 24
+
+    public init(id: Int64, decodeNanoseconds: Int64 = 0, error: String) {
         self.id = id
+        self.decodeNanoseconds = decodeNanoseconds
         self.error = error
     }
 
     public var encoded: [UInt8] {
         var bytes: [UInt8] = []
         let message = Array(error.utf8)
-        withUnsafeBytes(of: id.littleEndian) { bytes.append(contentsOf: $0) }
-        withUnsafeBytes(of: Int64(message.count).littleEndian) { bytes.append(contentsOf: $0) }
+        for value in [id, decodeNanoseconds, Int64(message.count)] {
+            withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
+        }
         return bytes + message
     }
 }

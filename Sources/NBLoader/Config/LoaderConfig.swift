@@ -54,6 +54,11 @@ public struct ServeConfig: Sendable, Equatable {
     /// the shared-memory transport off.
     public var shmSocket: String?
 
+    /// The Prometheus endpoint (`metrics`): `HOST:PORT`; nil: 127.0.0.1:9464, skipped with a log line
+    /// when that port is taken (a second daemon on the host); "" (or null): none. An address given here
+    /// that cannot be bound is a start-up error.
+    public var metrics: String?
+
     /// `leases`, or its default.
     public var leaseLimit: Int { leases ?? prefetch + 4 }
     public var stateDirectory: String?
@@ -226,6 +231,7 @@ public struct LoaderConfig: Sendable {
             case "prefetch": serve.prefetch = try reader.int(value, key: path, atLeast: 1)
             case "leases": serve.leases = try reader.int(value, key: path, atLeast: 1)
             case "shm_socket": serve.shmSocket = try reader.optionalString(value, key: path) ?? ""
+            case "metrics": serve.metrics = try reader.optionalString(value, key: path) ?? ""
             case "state_dir": serve.stateDirectory = try reader.optionalString(value, key: path)
             case "resume":
                 let mode = try reader.string(value, key: path)

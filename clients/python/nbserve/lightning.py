@@ -35,11 +35,23 @@ class TrainingSampleLoader_v1(L.LightningDataModule):
         super().__init__()
         self.control = control
         self.loader_args = loader_args
+        self.loaders: dict[str, TorchLoader] = {}  # the latest loader of each stage, for stats()
 
     def _loader(self, stage: str) -> TorchLoader:
         args = dict(self.loader_args)
         args["stage"] = stage
-        return TorchLoader(self.control, get_epoch=self._current_epoch, **args)
+        loader = TorchLoader(self.control, get_epoch=self._current_epoch, **args)
+        self.loaders[stage] = loader
+        return loader
+
+    def stats(self, stage: str = "train", reset: bool = False) -> dict[str, Any]:
+        """The stage's loader's ``stats()`` (``nbserve.Loader.stats``): batches, wait and busy seconds, stall.
+        A training step can log it next to its loss, e.g. ``self.log("data_stall",
+        self.trainer.datamodule.stats()["stall"] or 0.0)``."""
+        loader = self.loaders.get("val" if stage == "validation" else stage)
+        if loader is None:
+            raise RuntimeError(f"no {stage} loader has been made yet (Lightning asks for it when the stage starts)")
+        return loader.stats(reset)
 
     def _current_epoch(self) -> int:
         if self.trainer is None:

@@ -13,6 +13,7 @@ from ._config import ConfigMismatch
 from ._curve import load_curve
 from ._protocol import Batch, BatchError, ProtocolError, decode_tensors, nest, with_file
 from ._shm import Session, ShmUnavailable, unusable
+from ._stats import Timing
 from ._transport import (Channel, ControlClient, Copied, DaemonError, DaemonLost, DaemonUnavailable, Stream, StreamLost,
                          data_endpoint, default_control, how_to_start)
 from .sampler import SamplerState
@@ -151,6 +152,7 @@ class Loader:
             template = src["files"]
             self._files = lambda index: os.path.join(root, template.format(index=index))
         self._lengths: dict[tuple[str, int], int] = {}
+        self._timing = Timing()
         self.last_header: dict[str, Any] | None = None
         self._channel = Channel.acquire(self.endpoint, curve=self._curve)
         self.transport = "zmq"
@@ -185,6 +187,21 @@ class Loader:
     def state_dict(self) -> dict[str, int]:
         return self.batch_sampler.cached_state
 
+    def stats(self, reset: bool = False) -> dict[str, Any]:
+        """Where this trainer's time went since the loader was made (or last reset): ``batches``,
+        ``frames`` and ``bytes`` received; ``wait_s``, the seconds it was blocked waiting for batches;
+        ``busy_s``, the seconds it spent between them; ``stall``, the share of the two it waited (None
+        before a batch); the wait per batch at the 50th, 90th and 99th percentile and its maximum
+        (``wait_p50_s`` …, ``wait_max_s``); ``interval_s``, the wall time covered; and the ``rank``,
+        ``stage`` and ``transport``. The daemon receives the same waits with the acknowledgements and
+        exports them (``nbserve_trainer_wait_seconds``, ``nbserve_data_stall_ratio``). With ``reset``, a
+        new window starts after this one is returned."""
+        figures = self._timing.stats()
+        figures.update(rank=self.rank, stage=self.stage, transport=self.transport)
+        if reset:
+            self._timing.reset()
+        return figures
+
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.batch_sampler.load_state_dict(state_dict)
 
@@ -195,6 +212,8 @@ class Loader:
             raise RuntimeError("this nbserve.Loader is closed")
         sampler = self.batch_sampler
         frames = sampler.frames_per_sequence
+        timing = self._timing
+        timing.asked()
         epoch = int(sampler.get_epoch())
         request: dict[str, Any] = {"cmd": "epoch", "rank": self.rank, "stage": self.stage, "epoch": epoch}
         state = sampler.resume_request()
@@ -212,9 +231,11 @@ class Loader:
             try:
                 self._channel.check_daemon()
                 boundary = delivered - delivered % frames
-                if boundary > acknowledged and self._channel.is_current(stream):
-                    self._ack(stream, boundary)
-                    acknowledged = boundary
+                # Acknowledged at each sequence group; the trainer's timing goes with it, and on its own (an
+                # ack of what was acknowledged already) at least once a second.
+                if (boundary > acknowledged or timing.report_due()) and self._channel.is_current(stream):
+                    acknowledged = max(boundary, acknowledged)
+                    self._ack(stream, acknowledged)
                 header, payload = self._channel.receive(stream, self.timeout)
             except (StreamLost, DaemonLost, DaemonUnavailable) as lost:
                 # The daemon restarted (or this stage was asked for again): the same epoch again from the start
@@ -237,6 +258,7 @@ class Loader:
                         self._ack(stream, delivered)
                     except (DaemonLost, DaemonUnavailable, StreamLost):
                         pass  # every batch arrived; a restarted daemon does not know this stream anyway
+                timing.idle()
                 sampler.epoch_finished(epoch)
                 return
             delivered = header["batch"] + 1
@@ -265,6 +287,7 @@ class Loader:
                 lease, arrays = session.views(header)
             else:
                 arrays = decode_tensors(header, payload)
+            timing.handed(len(header["sequences"]), sum(array.nbytes for array in arrays.values()))
             batch = nest(arrays)
             if self._files is not None:
                 batch = with_file(batch, [self._files(index) for index in header["sequences"]])
@@ -272,6 +295,7 @@ class Loader:
             out = [Batch(batch, lease)]
             del arrays, batch, lease
             yield out.pop()
+            timing.asked()
 
     def _check_geometry(self, header: dict[str, Any]) -> None:
         sampler = self.batch_sampler
@@ -340,9 +364,11 @@ class Loader:
             self._channel.forget()
 
     def _ack(self, stream: Stream, consumed: int) -> None:
+        """Acknowledges `consumed` batches of `stream`, with the trainer's timing since the last ack."""
         try:
             self._control.request({"cmd": "ack", "rank": self.rank, "stage": stream.stage, "epoch": stream.epoch,
-                                   "batches": consumed, "stream": stream.id})
+                                   "batches": consumed, "stream": stream.id, **self._timing.pending()})
+            self._timing.reported()
         except DaemonError as refused:
             # The daemon does not know the stream: it is a new daemon (the control socket reconnected to it
             # before the data socket's disconnection was seen) or the stage was asked for again.

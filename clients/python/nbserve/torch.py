@@ -130,14 +130,18 @@ class TrainingSampleLoader_v1:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         pin, device = self.pin_memory, self.device
         cuda = device is not None and device.type == "cuda" and torch.cuda.is_available()
+        timing = self.loader._timing
         for batch in self.loader:
             self._retire()
             session = self.loader.session
             if cuda and session is not None and batch.lease is not None and _register(session):
-                yield self._to_cuda(batch, device)
+                on_device = self._to_cuda(batch, device)
+                timing.extend_wait()  # converting and copying is the loader's time, not the trainer's
+                yield on_device
             else:
                 handed = [_to_torch(batch, pin, device)]
                 del batch
+                timing.extend_wait()
                 yield handed.pop()
         self._retire(wait=True)
 
@@ -163,6 +167,10 @@ class TrainingSampleLoader_v1:
 
     def state_dict(self) -> dict[str, int]:
         return self.loader.state_dict()
+
+    def stats(self, reset: bool = False) -> dict[str, Any]:
+        """``nbserve.Loader.stats``: the time converting to tensors and copying to ``device`` counts as waiting."""
+        return self.loader.stats(reset)
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.loader.load_state_dict(state_dict)
