@@ -135,6 +135,7 @@ public final class Daemon {
             throw DaemonError("\(missing.count) of \(config.source.sequences) sequence files are missing:\n  \(shown)\(missing.count > 20 ? "\n  …" : "")")
         }
         try StartupCheck.run(config)
+        let metricsAddress = try Self.metricsAddress(config)
         if let path = options.resumePath ?? Self.autoResumePath(config) {
             // Checks the version, world size, positions, seed and config fingerprint, naming the file.
             resumeState = try ResumeStateFile.read(path, for: config)
@@ -192,7 +193,18 @@ public final class Daemon {
             endpoints[rank] = endpoint
         }
 
-        metricsEndpoint = try Self.startMetrics(config, registry: metrics.registry)
+        do {
+            metricsEndpoint = try Self.startMetrics(metricsAddress, registry: metrics.registry, file: config.file)
+        } catch {
+            // Nothing was served yet: the socket files this start created go with it.
+            leaseSessions?.close()
+            for socket in sockets.values { socket.close() }
+            control.close()
+            for endpoint in [controlEndpoint] + Array(endpoints.values) {
+                if let path = Self.ipcPath(endpoint) { unlink(path) }
+            }
+            throw error
+        }
 
         var pipeFDs: [Int32] = [0, 0]
         guard nb_pipe_cloexec(&pipeFDs, 1) == 0 else { throw SystemCallError(call: "pipe2", errno: errno) }
@@ -230,28 +242,32 @@ public final class Daemon {
     /// Starts the Prometheus endpoint `serve.metrics` names. The default address is skipped with a log line
     /// when it is taken (another daemon on the host serves its own there); an address the config names
     /// that cannot be bound is a start-up error, as any other endpoint's.
-    static func startMetrics(_ config: LoaderConfig, registry: PrometheusCollectorRegistry) throws -> MetricsEndpoint? {
-        let address: MetricsAddress
+    static func startMetrics(_ address: (MetricsAddress, isDefault: Bool)?, registry: PrometheusCollectorRegistry, file: String) throws -> MetricsEndpoint? {
+        guard let (address, isDefault) = address else { return nil }
+        do {
+            let endpoint = try MetricsEndpoint(address: address, registry: registry)
+            log("metrics: Prometheus endpoint on \(endpoint.url)")
+            return endpoint
+        } catch .addressInUse(let taken) where isDefault {
+            log("metrics: the default address \(taken) is in use (another nb-serve on this host?); serving without a metrics endpoint. Set serve.metrics to another address, or \"\" to turn it off", .warning)
+            return nil
+        } catch {
+            throw ConfigError(file: file, key: "serve.metrics", reason: error.description)
+        }
+    }
+
+    /// `serve.metrics` as an address, and whether it is the default one; nil when the endpoint is off.
+    static func metricsAddress(_ config: LoaderConfig) throws -> (MetricsAddress, isDefault: Bool)? {
         switch config.serve.metrics {
         case .some(""):
             return nil
         case .some(let text):
             switch MetricsAddress.parse(text) {
-            case .success(let parsed): address = parsed
+            case .success(let parsed): return (parsed, false)
             case .failure(let error): throw ConfigError(file: config.file, key: "serve.metrics", reason: error.description)
             }
         case nil:
-            address = .standard
-        }
-        do {
-            let endpoint = try MetricsEndpoint(address: address, registry: registry)
-            log("metrics: Prometheus endpoint on \(endpoint.url)")
-            return endpoint
-        } catch .addressInUse(let where_) where config.serve.metrics == nil {
-            log("metrics: the default address \(where_) is in use (another nb-serve on this host?); serving without a metrics endpoint. Set serve.metrics to another address, or \"\" to turn it off", .warning)
-            return nil
-        } catch {
-            throw ConfigError(file: config.file, key: "serve.metrics", reason: error.description)
+            return (.standard, true)
         }
     }
 
@@ -554,33 +570,21 @@ public final class Daemon {
                 deaths.removeValue(forKey: task.id)
                 let report = ErrorReport(
                     file: config.sequencePath(Int(task.sequence)), array: "", chunk: "",
-                    reason: "\(count) workers died decoding frame \(task.frame) of sequence \(task.sequence) from this file")
-                finish(task.id, report: report, kind: .workerCrash)
+                    reason: "\(count) workers died decoding frame \(task.frame) of sequence \(task.sequence) from this file",
+                    kind: .workerCrash)
+                finish(task.id, report: report)
             }
         }
     }
 
-    /// Why a task failed, for `nbserve_errors_total{kind}`.
-    enum FailureKind {
-        /// The worker reported the file's data could not be read or decoded.
-        case decode
-        /// Workers kept dying on the task.
-        case workerCrash
-    }
-
     /// A task is done (decoded, or failed with `report`): its batch's assembly counts it.
-    func finish(_ id: Int64, report: ErrorReport?, kind: FailureKind = .decode) {
+    func finish(_ id: Int64, report: ErrorReport?) {
         guard let owner = taskOwners.removeValue(forKey: id), let stream = streams[owner.rank]?[owner.stage] else { return }
         let current = stream.owns(id: owner.stream, batch: owner.batch, buffer: owner.buffer)
         stream.taskFinished(id: owner.stream, batch: owner.batch, buffer: owner.buffer, failure: report)
         if current, let report {
             let text = "rank \(owner.rank) \(owner.stage.rawValue) epoch \(stream.epoch) batch \(owner.batch): \(report.file) \(report.array) \(report.chunk): \(report.reason)"
             Self.log("decode failed: " + text, .warning)
-            let series = metrics[owner.rank, owner.stage]
-            switch kind {
-            case .decode: series?.decodeErrors.increment()
-            case .workerCrash: series?.crashErrors.increment()
-            }
             errors.append(text)
             if errors.count > 50 { errors.removeFirst() }
         }
@@ -616,8 +620,15 @@ public final class Daemon {
                 sent = try sendBatch(plan, buffer: buffer, stream: stream, stage: stage, rank: rank, socket: socket)
                 if sent { framesSent += plan.sequences.count }
             }
-            if sent, case .batch(_, let plan, _) = outgoing {
-                metrics[rank, stream.stage]?.sent(frames: plan.sequences.count, bytes: layout.tensors.reduce(0) { $0 + $1.filled(plan.sequences.count).bytes.count })
+            if sent {
+                switch outgoing {
+                case .batch(_, let plan, _):
+                    metrics[rank, stream.stage]?.sent(frames: plan.sequences.count, bytes: layout.tensors.reduce(0) { $0 + $1.filled(plan.sequences.count).bytes.count })
+                case .failure(_, let report):
+                    metrics[rank, stream.stage]?.failed(report.kind)
+                case .end:
+                    break
+                }
             }
             guard sent else { return }
             stream.sent(outgoing)

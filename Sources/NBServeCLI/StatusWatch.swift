@@ -64,11 +64,13 @@ struct StatusWatch {
                 }
                 previous[key] = Sample(consumed: consumed, time: now)
                 let transport = rank["transport"] as? String ?? ""
+                // The share of this epoch the trainer waited for data, as it reported it with its acks.
+                let stall = ((stream["trainer"] as? [String: Any])?["stall"] as? NSNumber).map { String(format: "stall %.1f%%", 100 * $0.doubleValue) } ?? "stall —"
                 lines.append(String(
-                    format: "rank %@ %@ epoch %@ %@ %5.1f%%  %d/%d consumed (%d sent), %@, %@ left, %@%@",
+                    format: "rank %@ %@ epoch %@ %@ %5.1f%%  %d/%d consumed (%d sent), %@, %@, %@ left, %@%@",
                     "\(rank["rank"] ?? "?")", stage.padding(toLength: 5, withPad: " ", startingAt: 0), "\(stream["epoch"] ?? "")",
                     Self.bar(Double(consumed) / Double(total)), 100 * Double(consumed) / Double(total), consumed, total, sent,
-                    rate, left, transport, rank["held_leases"].map { ", \($0) leases held" } ?? ""))
+                    rate, stall, left, transport, rank["held_leases"].map { ", \($0) leases held" } ?? ""))
             }
         }
         if lines.count == 1 { lines.append("no trainer has asked for an epoch yet") }

@@ -141,3 +141,26 @@ def kill_trainer_holding_leases(daemon: DaemonProcess, argv: list[str], rank: in
         assert time.monotonic() < deadline, status
         time.sleep(0.02)
     return holding
+
+
+def scrape(url: str) -> dict:
+    """The daemon's /metrics parsed by prometheus_client's own text parser: {family name: family}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4"), response.headers
+        text = response.read().decode()
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def sample(families: dict, name: str, **labels) -> float:
+    """The value of the one sample `name` with exactly these labels (a family's own name, or a histogram's
+    `_count`/`_sum`/`_bucket` sample, or a counter's `_total`)."""
+    for family in families.values():
+        for each in family.samples:
+            if each.name == name and each.labels == {key: str(value) for key, value in labels.items()}:
+                return each.value
+    raise AssertionError(f"no sample {name}{labels} in the scrape")

@@ -734,6 +734,11 @@ def test_watchdog_pings_while_the_loop_turns_and_stop_when_it_is_wedged(binary, 
         assert 5 <= len(pings) <= 25, healthy  # every 0.1 s, give or take a loaded machine
         assert any(m.startswith(b"STATUS=waiting for a trainer; 0 frames/s, 2 workers") for m in healthy), healthy
         daemon.epoch(0, 0, stop_after=2)
+        # The trainer's reported timing (ack) makes the STATUS line say its stall: 0.1 s waited of 0.5 s.
+        assert daemon.request({"cmd": "ack", "rank": 0, "stage": "train", "epoch": 0, "batches": 2,
+                               "wait_s": [0.05, 0.05], "busy_s": 0.4})["ok"]
+        statuses = [m for m in messages_for(5.5) if m.startswith(b"STATUS=")]
+        assert any(m.startswith(b"STATUS=rank 0 train epoch 0: batch ") and b", stall 20%; " in m for m in statuses), statuses
         with pytest.raises(TimeoutError):
             daemon.request({"cmd": "stop"}, timeout_s=1)  # the hook wedges the loop before it replies
         messages_for(0.3)  # whatever was sent before the wedge
@@ -749,6 +754,9 @@ def test_ctl_status_watch_redraws_on_a_terminal_and_prints_plain_lines_elsewhere
     config = daemon_config(dataset, tmp_path)
     daemon = daemons(binary, config)
     daemon.epoch(0, 0, stop_after=3)
+    # A trainer that waited 0.5 s of its 2 s (as reported with its acks): stall 25%.
+    assert daemon.request({"cmd": "ack", "rank": 0, "stage": "train", "epoch": 0, "batches": 3,
+                           "wait_s": [0.25, 0.125, 0.125], "busy_s": 1.5})["ok"]
     argv = [str(binary), "ctl", "--control", daemon.control, "status", "--watch", "--count", "2"]
     plain = support.run_ok(binary, "ctl", "--control", daemon.control, "status", "--watch", "--count", "2").stdout
     assert "\x1b[" not in plain, "escape sequences on a pipe"
@@ -756,6 +764,7 @@ def test_ctl_status_watch_redraws_on_a_terminal_and_prints_plain_lines_elsewhere
     rank_lines = [line for line in plain.splitlines() if line.startswith("rank 0 train epoch 0")]
     assert len(rank_lines) == 2 and "3/" in rank_lines[0] and "[" in rank_lines[0], plain
     assert "frames/s" in rank_lines[1] and "left" in rank_lines[1], plain  # a rate from the second refresh on
+    assert all("stall 25.0%" in line for line in rank_lines), plain
     # Under a pseudo-terminal the view is redrawn in place.
     pid, fd = pty.fork()
     if pid == 0:

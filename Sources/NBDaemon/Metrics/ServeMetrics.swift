@@ -48,10 +48,10 @@ final class ServeMetrics {
         let registry = registry
         func streamSeries(rank: Int, stage: Stage) -> StreamSeries {
             let labels = [("rank", String(rank)), ("stage", stage.rawValue)]
-            func errors(_ kind: String) -> Counter {
+            func errors(_ kind: ErrorReport.Kind) -> Counter {
                 registry.makeCounter(
                     descriptor: Self.name("errors", "total", "Batches sent as an error message instead of data, by kind: decode (a file's data could not be read or decoded), worker_crash (workers kept dying on the frame)."),
-                    labels: labels + [("kind", kind)])
+                    labels: labels + [("kind", kind.rawValue)])
             }
             return StreamSeries(
                 batchesSent: registry.makeCounter(descriptor: Self.name("batches_sent", "total", "Batches handed to the rank's trainer (ZeroMQ frames or shared-memory leases)."), labels: labels),
@@ -69,7 +69,7 @@ final class ServeMetrics {
                 decode: registry.makeValueHistogram(
                     descriptor: Self.name("decode", "seconds", "Worker time to read, decode and augment one frame of one sequence."),
                     labels: labels, buckets: Self.decodeBuckets),
-                decodeErrors: errors("decode"), crashErrors: errors("worker_crash"))
+                decodeErrors: errors(.decode), crashErrors: errors(.workerCrash))
         }
         for rank in ranks {
             let train = streamSeries(rank: rank, stage: .train)
@@ -104,6 +104,14 @@ extension ServeMetrics.StreamSeries {
         batchesSent.increment()
         framesSent.increment(by: Int64(frames))
         bytesSent.increment(by: Int64(bytes))
+    }
+
+    /// An `error` message went out in place of a batch.
+    func failed(_ kind: ErrorReport.Kind) {
+        switch kind {
+        case .decode: decodeErrors.increment()
+        case .workerCrash: crashErrors.increment()
+        }
     }
 
     /// What the trainer reported with an `ack`; `stall` is the epoch's share of waiting so far.

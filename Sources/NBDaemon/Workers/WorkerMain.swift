@@ -77,6 +77,19 @@ public struct ErrorReport: Sendable, Equatable, Codable {
     public var array: String
     public var chunk: String
     public var reason: String
+    /// What went wrong, for `nbserve_errors_total{kind}` (not part of the worker's JSON: the daemon sets it).
+    public var kind: Kind = .decode
+
+    public enum Kind: String, Sendable {
+        /// The file's data could not be read or decoded (the worker said so).
+        case decode
+        /// Workers kept dying on the frame.
+        case workerCrash = "worker_crash"
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case file, array, chunk, reason
+    }
 
     public var json: String {
         JSONValue.object(["file": .string(file), "array": .string(array), "chunk": .string(chunk), "reason": .string(reason)]).description
