@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 import NIOHTTP1
 import NIOPosix
 import Prometheus
@@ -21,11 +22,14 @@ public enum MetricsEndpointError: Error, CustomStringConvertible, Equatable {
 /// An HTTP listener that answers `GET /metrics` with a registry's metrics in Prometheus' text exposition
 /// format (version 0.0.4). It runs on one event-loop thread of its own (swift-nio), so a scrape never
 /// waits for the daemon's loop and the loop never waits for a scrape: the registry is thread-safe.
+///
+/// The thread is swift-nio's process-wide event-loop group, limited to one thread and never shut down:
+/// shutting a group down completes on a Dispatch queue, whose threads adjust their own scheduling
+/// priority (`setpriority`), a call the systemd unit's `SystemCallFilter=` refuses.
 public final class MetricsEndpoint: Sendable {
     /// The bound address, the port resolved when the configured one was 0.
     public let host: String
     public let port: Int
-    private let group: MultiThreadedEventLoopGroup
     private let channel: any Channel
 
     /// `http://HOST:PORT/metrics`, bracketing an IPv6 host.
@@ -35,7 +39,8 @@ public final class MetricsEndpoint: Sendable {
 
     /// Listens on `address` and serves `registry` until ``close()``.
     public init(address: MetricsAddress, registry: PrometheusCollectorRegistry) throws(MetricsEndpointError) {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        if !Self.groupSized.exchange(true, ordering: .relaxed) { NIOSingletons.groupLoopCountSuggestion = 1 }
+        let group = MultiThreadedEventLoopGroup.singleton
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -48,20 +53,20 @@ public final class MetricsEndpoint: Sendable {
         do {
             channel = try bootstrap.bind(host: address.host, port: address.port).wait()
         } catch {
-            try? group.syncShutdownGracefully()
             if let io = error as? IOError, io.errnoCode == EADDRINUSE { throw .addressInUse(address.description) }
             throw .cannotBind(address.description, reason: "\(error)")
         }
-        self.group = group
         host = address.host
         port = channel.localAddress?.port ?? address.port
     }
 
-    /// Stops listening and ends the event-loop thread.
+    /// Stops listening (the event-loop thread stays, idle, until the process ends).
     public func close() {
         try? channel.close().wait()
-        try? group.syncShutdownGracefully()
     }
+
+    /// Whether the process-wide group's size was set (before its first use, as swift-nio requires).
+    private static let groupSized = Atomic(false)
 }
 
 /// `GET` (or `HEAD`) `/metrics` → 200 with the exposition; any other path 404, any other method 405.

@@ -11,14 +11,14 @@ extension NBServe {
         static let configuration = CommandConfiguration(
             abstract: "Control a running daemon: status, checkpoint or stop.",
             discussion: """
-                status: epoch and batch per rank (produced, sent, consumed), queue depths, frames/s, bytes/s, \
-                workers, errors, memory. checkpoint: write the resume state to serve.state_dir (prints path \
+                status: epoch and batch per rank (produced, sent, consumed), queue depths, the trainer's \
+                reported wait and stall, frames/s, bytes/s, workers, errors, memory, the metrics URL. checkpoint: write the resume state to serve.state_dir (prints path \
                 and state). stop: shut down cleanly. Without --control or --config the default control \
                 endpoint is used. A daemon whose tcp endpoints use CURVE needs --server-key (its public \
                 certificate) and --client-key (an authorised key pair). Exit status 1 when the daemon does not \
                 answer within --timeout. `status --watch` redraws a live view once a second until interrupted: \
-                per rank and stage a progress bar of the epoch (consumed of its batches), frames/s, the time \
-                left at that rate, workers and errors; plain lines when stdout is not a terminal.
+                per rank and stage a progress bar of the epoch (consumed of its batches), frames/s, stall %, \
+                the time left at that rate, workers and errors; plain lines when stdout is not a terminal.
                 """
         )
 
@@ -101,12 +101,19 @@ enum StatusReport {
             lines.append("rank \(rank["rank"] ?? "?") \(rank["endpoint"] ?? ""): \(wire)")
             for stage in ["train", "val"] {
                 guard let stream = rank[stage] as? [String: Any], stream["phase"] as? String != "idle" else { continue }
-                lines.append("  \(stage) epoch \(stream["epoch"] ?? "") (stream \(stream["stream"] ?? ""), \(stream["phase"] ?? "")) — produced \(stream["produced"] ?? 0), sent \(stream["sent"] ?? 0), consumed \(stream["consumed"] ?? 0) of \(stream["batches"] ?? 0); \(stream["ready"] ?? 0) ready")
+                var trainer = ""
+                if let timing = stream["trainer"] as? [String: Any], let stall = timing["stall"] as? NSNumber {
+                    trainer = String(
+                        format: "; trainer waited %.2f s, busy %.2f s: stall %.1f%%",
+                        (timing["wait_s"] as? NSNumber)?.doubleValue ?? 0, (timing["busy_s"] as? NSNumber)?.doubleValue ?? 0, 100 * stall.doubleValue)
+                }
+                lines.append("  \(stage) epoch \(stream["epoch"] ?? "") (stream \(stream["stream"] ?? ""), \(stream["phase"] ?? "")) — produced \(stream["produced"] ?? 0), sent \(stream["sent"] ?? 0), consumed \(stream["consumed"] ?? 0) of \(stream["batches"] ?? 0); \(stream["ready"] ?? 0) ready\(trainer)")
             }
         }
         for worker in reply["workers"] as? [[String: Any]] ?? [] {
             lines.append("worker \(worker["pid"] ?? ""): \(worker["state"] ?? ""), \(worker["completed"] ?? 0) frames done")
         }
+        if let metrics = reply["metrics"] as? String { lines.append("metrics: \(metrics)") }
         if let state = reply["resume_state"] as? [String: Any] {
             lines.append("resume state: start_epoch_idx \(state["start_epoch_idx"] ?? ""), start_sequence_idx \(state["start_sequence_idx"] ?? "")")
         }

@@ -13,7 +13,8 @@ extension NBServe {
                 Runs in the foreground (systemd runs it as a Type=notify service). Trainers ask for an epoch \
                 on the control socket and receive its batches on their rank's socket (docs/protocol.md). \
                 SIGTERM or `nb-serve ctl stop` stops it cleanly, writing the resume state when \
-                serve.state_dir is set. Exit status 2 on a bad config, 1 when it cannot start.
+                serve.state_dir is set. Prometheus metrics are served at http://serve.metrics/metrics \
+                (default 127.0.0.1:9464; "" turns them off). Exit status 2 on a bad config, 1 when it cannot start.
                 """
         )
 

@@ -73,7 +73,9 @@ def test_the_daemon_stays_inside_the_units_system_call_filter_and_proc_subset(da
     # As config/sampleset_v1.yaml: sockets with a group (here this process's own), and the shared-memory
     # transport beside ZMQ frames, so every call those make is traced too.
     import grp
-    config = daemon_support.daemon_config(dataset, tmp_path, socket_mode="0660", socket_group=grp.getgrgid(os.getgid()).gr_name)
+    # The metrics endpoint too (its own event-loop thread, an HTTP scrape).
+    config = daemon_support.daemon_config(dataset, tmp_path, socket_mode="0660", socket_group=grp.getgrgid(os.getgid()).gr_name,
+                                          metrics="127.0.0.1:0")
     trace = tmp_path / "trace"
     log = open(tmp_path / "daemon.log", "w")
     process = subprocess.Popen([strace, "-f", "-qq", "-o", str(trace), "-e", "trace=all", "-e", "signal=none",
@@ -128,6 +130,7 @@ def test_the_daemon_stays_inside_the_units_system_call_filter_and_proc_subset(da
         session.close()
         socket.close()
         status = request({"cmd": "status"})
+        assert "nbserve_batches_sent" in daemon_support.scrape(status["metrics"])
         worker = status["workers"][0]["pid"]
         os.kill(worker, signal.SIGKILL)
         assert request({"cmd": "checkpoint"})["ok"]

@@ -116,6 +116,8 @@ def test_metrics_count_what_the_trainer_received_and_the_time_it_reported(binary
         assert family.type in ("counter", "gauge", "histogram"), family
         if family.type == "histogram":
             assert family.name.endswith("_seconds"), family.name
+        if family.type == "counter":  # the parser names the family without the suffix every sample has
+            assert family.samples and all(each.name == family.name + "_total" for each in family.samples), family
     assert {"rank", "stage"} <= set(before["nbserve_trainer_wait_seconds"].samples[0].labels)
 
     sleep_s = 0.03

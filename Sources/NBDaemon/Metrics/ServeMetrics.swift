@@ -4,7 +4,7 @@ import Prometheus
 /// The daemon's metrics, in swift-prometheus' registry, named after Prometheus' conventions: `nbserve_`
 /// prefix, base units (seconds, bytes), `_total` on counters, and `rank`/`stage` labels on what belongs
 /// to one rank's stream. The main loop updates them; the metrics endpoint's thread reads the registry.
-/// docs/operations.md lists them with their meaning.
+/// README "Operations" lists them with their meaning.
 final class ServeMetrics {
     let registry = PrometheusCollectorRegistry()
 
