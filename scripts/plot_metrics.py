@@ -251,7 +251,7 @@ def plot(series: Series, phases: list[dict], out: str, dpi: int, workers: int, t
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, PercentFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 
     plt.rcParams.update({
         "figure.facecolor": BG, "axes.facecolor": PANEL, "axes.edgecolor": GRID, "axes.labelcolor": TEXT,
@@ -272,8 +272,8 @@ def plot(series: Series, phases: list[dict], out: str, dpi: int, workers: int, t
     stall = series.stall(TRAIN)
     line(ax, stall, "rank 0 train", GREEN)
     ax.fill_between(t, [0 if math.isnan(v) else v for v in stall], color=GREEN, alpha=0.1)
-    ax.axhline(0.05, color=ORANGE, lw=0.8, ls="--")
-    ax.axhline(0.2, color=RED, lw=0.8, ls="--")
+    ax.axhline(0.05, color=ORANGE, lw=0.8, ls="--", label="5% (warn)")
+    ax.axhline(0.2, color=RED, lw=0.8, ls="--", label="20% (alert)")
     ax.set_ylim(0, 1.05)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
 
@@ -289,7 +289,9 @@ def plot(series: Series, phases: list[dict], out: str, dpi: int, workers: int, t
     line(ax, series.quantile(0.5, "nbserve_trainer_wait_seconds", TRAIN), "p50 rank 0 train", GREEN)
     line(ax, series.quantile(0.99, "nbserve_trainer_wait_seconds", TRAIN), "p99 rank 0 train", YELLOW)
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(ms)
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
     # 4. Decode time per frame (the dashboard sums over rank and stage; val stays empty here)
     ax = axes[3]
@@ -311,9 +313,11 @@ def plot(series: Series, phases: list[dict], out: str, dpi: int, workers: int, t
     consumed = series.gauge(key("nbserve_epoch_batches_consumed", **TRAIN))
     total = series.gauge(key("nbserve_epoch_batches", **TRAIN))
     progress = [c / n if n > 0 else math.nan for c, n in zip(consumed, total)]
-    ax.plot(t, progress, label="rank 0 train", color=GREEN, lw=0.8, marker=".", ms=3)
+    ax.plot(t, progress, label="rank 0 train", color=GREEN, lw=0, marker=".", ms=4)
     ax.set_ylim(0, 1.05)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.text(0.01, 0.5, f"acked per sequence group; sampled every {series_interval(series):.1f} s, "
+            "longer than an epoch here", transform=ax.transAxes, fontsize=7, color=TEXT, alpha=0.7)
 
     # 7. Throughput
     ax = axes[6]
@@ -347,21 +351,22 @@ def plot(series: Series, phases: list[dict], out: str, dpi: int, workers: int, t
         ax.set_title(title, loc="left", fontweight="bold")
         ax.grid(True, lw=0.5)
         for p, phase in enumerate(phases):
-            ax.axvspan(phase["start"], phase["end"], color=PHASE_COLORS[p % len(PHASE_COLORS)], alpha=0.07, lw=0)
+            ax.axvspan(phase["start"], phase["end"], color=PHASE_COLORS[p % len(PHASE_COLORS)], alpha=0.10, lw=0)
             if p:
                 ax.axvline(phase["start"], color=TEXT, lw=0.6, ls=":", alpha=0.6)
-        ax.legend(loc="upper right", framealpha=0.8)
+        ax.legend(loc="lower left" if n == 0 else "best", framealpha=0.8)
         if n >= 6:
             ax.set_xlabel("seconds since start")
-    # Phase names along the top of each column's first panel.
-    for ax in axes[:3]:
+    # Phase names across the middle of the panels whose curves keep away from it.
+    for ax, height in ((axes[0], 0.55), (axes[1], 0.3), (axes[6], 0.3)):
         for phase in phases:
-            ax.annotate(phase["label"], xy=((phase["start"] + phase["end"]) / 2, 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(0, -4), textcoords="offset points", ha="center", va="top", fontsize=8, color=TEXT,
-                        bbox=dict(boxstyle="round,pad=0.2", fc=BG, ec=GRID, alpha=0.85))
+            ax.annotate(phase["label"], xy=((phase["start"] + phase["end"]) / 2, height), xycoords=("data", "axes fraction"),
+                        ha="center", va="center", fontsize=8, color=TEXT,
+                        bbox=dict(boxstyle="round,pad=0.3", fc=BG, ec=GRID, alpha=0.85))
     axes[0].set_xlim(0, t[-1])
+    transport = phases[0]["client"].get("transport", "?")
     fig.suptitle(f"nb-serve: is training waiting for data?  (demo dataset, {workers} decode worker"
-                 f"{'s' if workers != 1 else ''}; Prometheus scraped every {series_interval(series):.1f} s, "
+                 f"{'s' if workers != 1 else ''}, {transport} transport; Prometheus scraped every {series_interval(series):.1f} s, "
                  f"rates over {series.window:g} s)", color=TEXT, fontsize=12, fontweight="bold")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(out, dpi=dpi, facecolor=BG)
@@ -437,9 +442,9 @@ def main() -> None:
         print(f"plot_metrics: daemon pid {process.pid}, metrics at {url}", file=sys.stderr)
 
         unit = args.seconds / 5
-        plan = [("fast trainer (step ~0 ms)", 0.0, 2 * unit),
-                (f"slow trainer (step {args.step * 1000:g} ms)", args.step, 2 * unit),
-                ("fast trainer again", 0.0, unit)]
+        plan = [("data-bound\nstep 0 ms", 0.0, 2 * unit),
+                (f"compute-bound\nstep {args.step * 1000:g} ms", args.step, 2 * unit),
+                ("data-bound\nstep 0 ms", 0.0, unit)]
         t0 = time.monotonic()
         scraper = Scraper(url, args.interval, t0)
         scraper.start()
@@ -480,7 +485,7 @@ def main() -> None:
         c = phase["client"]
         seconds = phase["end"] - phase["start"]
         client_stall = c.get("stall")
-        print(f"| {phase['label']} | {seconds:.1f} | {phase['batches']} | {s['stall']:.1%} | {s['frames_per_s']:.0f} | "
+        print(f"| {phase['label'].replace(chr(10), ', ')} | {seconds:.1f} | {phase['batches']} | {s['stall']:.1%} | {s['frames_per_s']:.0f} | "
               f"{'–' if client_stall is None else f'{client_stall:.1%}'} | {c.get('frames', 0) / seconds:.0f} |")
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1024:.0f} KiB)")
 

@@ -106,6 +106,10 @@ public final class Daemon {
     var restartsCounted = 0
     var nextGaugeRefresh = ContinuousClock.now
     var nextMemoryRefresh = ContinuousClock.now
+    /// Since when each rank has had more than one trainer connected (its sends pause meanwhile), and the
+    /// ranks whose pause was logged.
+    var crowdedSince: [Int: ContinuousClock.Instant] = [:]
+    var crowdingLogged: Set<Int> = []
 
     public init(options: DaemonOptions) throws {
         self.options = options
@@ -430,6 +434,9 @@ public final class Daemon {
             metrics[rank, .train]?.refresh(pair.train)
             metrics[rank, .val]?.refresh(pair.val)
             metrics.heldLeases[rank]?.set(Double(leaseSessions?.held(rank: rank) ?? 0))
+            let peers = peerMonitors[rank]?.peers ?? 0
+            metrics.connectedTrainers[rank]?.set(Double(peers))
+            noteCrowding(rank: rank, peers: peers, now: now)
         }
         metrics.workers.set(Double(workers.running.count))
         if workers.restarts > restartsCounted {
@@ -440,6 +447,24 @@ public final class Daemon {
         nextMemoryRefresh = now + .seconds(1)
         metrics.daemonResident.set(Self.residentMegabytes(pid: getpid()) * 1_048_576)
         metrics.workersResident.set(workers.running.reduce(0) { $0 + Self.residentMegabytes(pid: $1.1.pid) } * 1_048_576)
+    }
+
+    /// A rank with two trainers connected sends nothing (see `peerMonitors`): normal for a moment while a
+    /// trainer reconnects, a problem when it lasts (a second trainer started for the same rank, or a stray
+    /// client holding a connection). Said once per episode after 3 s, and again when it is over.
+    func noteCrowding(rank: Int, peers: Int, now: ContinuousClock.Instant) {
+        guard peers > 1 else {
+            crowdedSince.removeValue(forKey: rank)
+            if crowdingLogged.remove(rank) != nil {
+                Self.log("rank \(rank): one trainer connected again; sending resumes")
+            }
+            return
+        }
+        let since = crowdedSince[rank] ?? now
+        crowdedSince[rank] = since
+        if now - since >= .seconds(3), crowdingLogged.insert(rank).inserted {
+            Self.log("rank \(rank): \(peers) trainers are connected to \(endpoints[rank] ?? "its socket"); its batches are held back until only one is (two processes of the same rank, or another client connected to the rank's socket?)", .warning)
+        }
     }
 
     /// `rank 0 train epoch 3: batch 120/400, stall 2%; 412 frames/s, 2 workers` (at most 4 ranks).

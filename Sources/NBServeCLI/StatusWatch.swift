@@ -74,6 +74,11 @@ struct StatusWatch {
             }
         }
         if lines.count == 1 { lines.append("no trainer has asked for an epoch yet") }
+        for rank in reply["ranks"] as? [[String: Any]] ?? [] {
+            if let connected = rank["connected"] as? Int, connected > 1 {
+                lines.append("rank \(rank["rank"] ?? "?"): \(connected) trainers connected to its socket: sending paused until one remains")
+            }
+        }
         let workers = reply["workers"] as? [[String: Any]] ?? []
         let busy = workers.filter { $0["state"] as? String == "busy" }.count
         lines.append("workers: \(workers.count) (\(busy) busy), \(reply["workers_starting"] as? Int ?? 0) starting, \(reply["queued_tasks"] as? Int ?? 0) tasks queued")

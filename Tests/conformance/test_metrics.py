@@ -357,3 +357,36 @@ def test_the_default_port_taken_is_logged_and_the_daemon_serves_on(binary, datas
     assert taken["exit"] == 0 and taken["metrics"] is None, taken
     assert "the default address 127.0.0.1:9464 is in use" in taken["log"], taken["log"]
     assert free["exit"] == 0 and free["metrics"] == "http://127.0.0.1:9464/metrics", free
+
+
+def test_two_trainers_on_one_rank_are_visible_and_logged(binary, dataset, daemons, tmp_path):
+    """Batches go out only while exactly one trainer is connected to a rank's socket: a second connection held
+    open pauses the rank, which `status`, the metrics and (after 3 s) the log all say; when it goes, the rank
+    goes on."""
+    import zmq
+
+    daemon = daemons(binary, daemon_config(dataset, tmp_path, metrics="127.0.0.1:0"))
+    url = metrics_url(daemon)
+    endpoint = daemon.config["serve"]["endpoint"].replace("{rank}", "0")
+    context = zmq.Context.instance()
+    first, second = context.socket(zmq.PULL), context.socket(zmq.PULL)
+    for each in (first, second):
+        each.setsockopt(zmq.LINGER, 0)
+        each.connect(endpoint)
+    try:
+        stream = daemon.request({"cmd": "epoch", "rank": 0, "stage": "train", "epoch": 0})["stream"]
+        scrape_until(url, lambda s: sample(s, "nbserve_connected_trainers", rank=0) == 2, "two connections counted")
+        assert daemon.rank_status()["connected"] == 2
+        assert not first.poll(1000) and not second.poll(0), "a rank with two trainers sent a message"
+        deadline = time.monotonic() + WAIT_S
+        while "rank 0: 2 trainers are connected" not in daemon.log_text():
+            assert time.monotonic() < deadline, daemon.log_text()
+            time.sleep(0.1)
+        second.close()
+        assert first.poll(WAIT_S * 1000), "the rank did not go on once one trainer was left"
+        assert json.loads(first.recv_multipart()[0])["stream"] == stream
+        scrape_until(url, lambda s: sample(s, "nbserve_connected_trainers", rank=0) == 1, "one connection left")
+        assert "rank 0: one trainer connected again; sending resumes" in daemon.log_text()
+    finally:
+        first.close()
+        second.close()

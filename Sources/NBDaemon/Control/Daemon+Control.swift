@@ -190,6 +190,8 @@ extension Daemon {
                 "transport": .string((pair.onWire ?? pair[pair.preferred]).transport.rawValue),
                 "shm_session": .bool(leaseSessions?.session(rank: rank) != nil),
                 "held_leases": .int(Int64(leaseSessions?.held(rank: rank) ?? 0)),
+                // Batches go out only while exactly one trainer is connected (docs/protocol.md section 6).
+                "connected": .int(Int64(peerMonitors[rank]?.peers ?? 0)),
                 "train": streamStatus(pair.train), "val": streamStatus(pair.val),
             ])
         }
