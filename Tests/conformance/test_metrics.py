@@ -390,3 +390,42 @@ def test_two_trainers_on_one_rank_are_visible_and_logged(binary, dataset, daemon
     finally:
         first.close()
         second.close()
+
+
+def test_the_torch_and_lightning_loaders_report_and_expose_the_same(binary, dataset, daemons, tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is not installed (scripts/setup.sh installs it)")
+    import nbserve.torch
+
+    daemon = daemons(binary, daemon_config(dataset, tmp_path, metrics="127.0.0.1:0"))
+    url = metrics_url(daemon)
+    loader = nbserve.torch.TrainingSampleLoader_v1(daemon.control)
+    waits = []
+    iterator = iter(loader)
+    while True:
+        asked = time.monotonic()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        waits.append(time.monotonic() - asked)
+        assert isinstance(batch["color"], torch.Tensor)
+        del batch
+    stats = loader.stats()
+    n = stats["batches"]
+    assert n == len(waits) > 0
+    scraped = scrape(url)
+    assert sample(scraped, "nbserve_trainer_wait_seconds_count", rank=0, stage="train") == n
+    assert sample(scraped, "nbserve_trainer_wait_seconds_sum", rank=0, stage="train") == pytest.approx(stats["wait_s"], abs=n * 1e-6)
+    # The torch loader's conversion is part of each wait, as the trainer sees it from outside.
+    assert abs(stats["wait_s"] - sum(waits)) <= n * PER_BATCH_S
+    loader.close()
+
+    pytest.importorskip("lightning", reason="lightning is not installed (scripts/setup.sh installs it)")
+    import nbserve.lightning
+
+    module = nbserve.lightning.TrainingSampleLoader_v1(daemon.control)
+    with pytest.raises(RuntimeError, match="no train loader has been made yet"):
+        module.stats()
+    train = module.train_dataloader()
+    assert module.stats()["batches"] == 0 and module.stats("train")["stage"] == "train"
+    train.close()
