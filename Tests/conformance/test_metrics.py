@@ -429,3 +429,25 @@ def test_the_torch_and_lightning_loaders_report_and_expose_the_same(binary, data
     train = module.train_dataloader()
     assert module.stats()["batches"] == 0 and module.stats("train")["stage"] == "train"
     train.close()
+
+
+def test_loader_stats_quantiles_are_within_five_percent_of_numpys():
+    """`loader.stats()` keeps its wait quantiles in a constant-size histogram (5% buckets), so a long run costs
+    neither memory nor time per call; numpy's exact quantiles of the same waits are the oracle."""
+    import numpy as np
+
+    from nbserve._stats import Timing
+
+    rng = np.random.default_rng(7)
+    waits = np.concatenate([rng.lognormal(np.log(0.0007), 0.4, 5000), rng.uniform(0.01, 0.2, 200)])
+    timing = Timing()
+    for wait in waits:
+        timing.asked()
+        timing._asked -= wait  # the batch took `wait` to arrive
+        timing.handed(1, 1)
+    stats = timing.stats()
+    assert stats["batches"] == len(waits)
+    assert stats["wait_max_s"] == pytest.approx(waits.max(), rel=1e-3)
+    for key, q in (("wait_p50_s", 0.5), ("wait_p90_s", 0.9), ("wait_p99_s", 0.99)):
+        exact = np.quantile(waits, q, method="inverted_cdf")
+        assert exact <= stats[key] * 1.0001 and stats[key] <= exact * 1.05 + 1e-5, (key, stats[key], exact)
