@@ -17,6 +17,7 @@ guarded by ``torch.cuda.is_available()`` and is not exercised by the CPU-only te
 
 from __future__ import annotations
 
+import ctypes
 import os
 import warnings
 from collections import deque
@@ -37,18 +38,37 @@ from .sampler import SamplerState
 _CUDA_HOST_REGISTER_READ_ONLY = 0x08
 
 
+def _clear_cuda_error() -> bool:
+    """Reads back (and so clears) CUDA's last error. A refused ``cudaHostRegister`` stays the runtime's "last
+    error", which torch reads after its next kernel launch and would raise as that launch's failure; torch's
+    cudart bindings have no ``cudaGetLastError``, so it is called in the libcudart this process loaded (the
+    same library, hence the same error state). False when no libcudart is mapped (a static runtime)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            path = next((line.split()[-1] for line in maps if "/libcudart.so" in line), None)
+        if path is None:
+            return False
+        ctypes.CDLL(path).cudaGetLastError()
+        return True
+    except OSError:
+        return False
+
+
 def _register(session: Session) -> bool:
-    """Page-locks the session's whole mapping for CUDA once; False (with a warning) when CUDA refuses."""
+    """Page-locks the session's whole mapping for CUDA once, read-only as it is mapped; False (with a
+    warning) when CUDA refuses (a GPU or driver without read-only registration). A writable registration is
+    not tried: the mapping is read-only, so the driver cannot pin it for writing."""
     if session.cuda_registered is False:
         cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
-        for flags in (_CUDA_HOST_REGISTER_READ_ONLY, 0):
-            code = cudart.cudaHostRegister(session.address, session.size, flags)
-            if int(code) == 0:
-                session.cuda_registered = True
-                break
+        code = cudart.cudaHostRegister(session.address, session.size, _CUDA_HOST_REGISTER_READ_ONLY)
+        if int(code) == 0:
+            session.cuda_registered = True
         else:
-            warnings.warn(f"cudaHostRegister of nb-serve's shared memory failed ({code}): batches are staged "
-                          f"through pinned copies", RuntimeWarning, stacklevel=3)
+            cleared = _clear_cuda_error()
+            warnings.warn(f"cudaHostRegister of nb-serve's shared memory failed "
+                          f"({cudart.cudaGetErrorString(code)}): batches are staged through pinned copies"
+                          + ("" if cleared else "; CUDA's error state could not be cleared, so the next CUDA "
+                             "operation may report this error"), RuntimeWarning, stacklevel=3)
             session.cuda_registered = None  # tried and refused: not again
     return bool(session.cuda_registered)
 
