@@ -730,13 +730,19 @@ def test_cli_status_and_pull(shared_daemon, tmp_path):
 
     status = nbserve_cli("status", "--control", shared_daemon.control)
     assert status.returncode == 0, status.stderr
-    assert "world size 1" in status.stdout and "rank 0 on ipc://" in status.stdout and "consumed" in status.stdout
+    assert "world size 1" in status.stdout and "rank 0 on ipc://" in status.stdout
     assert "worker" in status.stdout
     pulled = nbserve_cli("pull", "--control", shared_daemon.control, "--batches", "15")
     assert pulled.returncode == 0, pulled.stderr
     assert re.search(r"^  color +<f4 +\[2, 3, 16, 16, 4\]$", pulled.stdout, re.M), pulled.stdout
     assert re.search(r"^  prev_camera\.crop_offset +<i4 +\[2, 2\]$", pulled.stdout, re.M), pulled.stdout
     assert "15 batches, 30 frames" in pulled.stdout and "frames/s" in pulled.stdout
+    # A puller of six batches of one epoch reported the first group's waits with its ack: the status says the
+    # stream's stall.
+    assert nbserve_cli("pull", "--control", shared_daemon.control, "--batches", "6", "--epoch", "0").returncode == 0
+    after = nbserve_cli("status", "--control", shared_daemon.control)
+    assert "consumed" in after.stdout, after.stdout
+    assert re.search(r"; trainer waited \d+\.\d\d s, busy \d+\.\d\d s: stall \d+\.\d%$", after.stdout, re.M), after.stdout
     as_json = json.loads(nbserve_cli("status", "--control", shared_daemon.control, "--json").stdout)
     assert as_json["ok"] and as_json["world_size"] == 1
     missing = nbserve_cli("status", "--control", f"ipc://{tmp_path}/nobody.sock")

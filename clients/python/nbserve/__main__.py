@@ -25,13 +25,21 @@ def _flatten(batch: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any
             yield prefix + key, value
 
 
+def _trainer_text(trainer: Any) -> str:
+    """What the trainer reported of the epoch (docs/protocol.md section 5), if it reported anything."""
+    if not isinstance(trainer, dict) or trainer.get("stall") is None:
+        return ""
+    return (f"; trainer waited {trainer.get('wait_s', 0):.2f} s, busy {trainer.get('busy_s', 0):.2f} s: "
+            f"stall {100 * trainer['stall']:.1f}%")
+
+
 def status_text(reply: dict[str, Any]) -> str:
     lines = [
         f"nb-serve pid {reply.get('pid')}, up {reply.get('uptime_s', 0):.0f} s, world size {reply.get('world_size')}: "
         f"{reply.get('frames_per_s', 0):.1f} frames/s, {reply.get('bytes_per_s', 0) / 1e6:.1f} MB/s, "
         f"RSS {reply.get('rss_mb', 0):.0f} MiB (daemon + workers), {reply.get('worker_restarts', 0)} worker restarts, "
         f"{reply.get('queued_tasks', 0)} queued tasks",
-        f"control {reply.get('control', '')}",
+        f"control {reply.get('control', '')}" + (f", metrics {reply['metrics']}" if reply.get("metrics") else ""),
     ]
     for rank in reply.get("ranks", []):
         wire = rank.get("on_wire") or "nothing"
@@ -46,7 +54,8 @@ def status_text(reply: dict[str, Any]) -> str:
                 f"  {stage} epoch {stream.get('epoch')} (stream {stream.get('stream')}, {stream.get('phase')}): "
                 f"produced "
                 f"{stream.get('produced')}, sent {stream.get('sent')}, consumed {stream.get('consumed')} of "
-                f"{stream.get('batches')} batches; {stream.get('ready')} ready, {stream.get('errors')} errors")
+                f"{stream.get('batches')} batches; {stream.get('ready')} ready, {stream.get('errors')} errors"
+                + _trainer_text(stream.get("trainer")))
     for worker in reply.get("workers", []):
         lines.append(f"worker {worker.get('pid')}: {worker.get('state')}, {worker.get('outstanding')} outstanding, "
                      f"{worker.get('completed')} frames done, RSS {worker.get('rss_mb', 0):.0f} MiB")
