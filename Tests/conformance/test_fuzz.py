@@ -361,6 +361,13 @@ def invalid_requests() -> list[tuple[str, bytes | list[bytes]]]:
         ("ack negative batches", j({**ack, "batches": -1})),
         ("ack batches bool", j({**ack, "batches": True})),
         ("ack unknown key", j({**ack, "extra": 1})),
+        ("ack wait not an array", j({**ack, "wait_s": 0.5})),
+        ("ack wait bool", j({**ack, "wait_s": [0.1, True]})),
+        ("ack wait negative", j({**ack, "wait_s": [-1]})),
+        ("ack wait beyond a day", j({**ack, "wait_s": [1e300]})),
+        ("ack busy string", j({**ack, "busy_s": "1"})),
+        ("ack busy null", j({**ack, "busy_s": None})),
+        ("ack busy negative", j({**ack, "busy_s": -1e-9})),
         ("length rank string", j({"cmd": "length", "rank": "0", "epoch": 0})),
         ("duplicate keys", b'{"cmd": "status", "cmd": "length"}'),
         ("deeply nested", b'{"cmd": "status", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
@@ -374,12 +381,14 @@ def random_request(rng: random.Random) -> dict:
     """A request built from the control schema with values of random types and ranges."""
     values = INTERESTING_JSON + ["train", "val", "validation", "", "status", {"start_epoch_idx": 0}]
     cmd = rng.choice(["epoch", "ack", "length", "status", "checkpoint", rng.choice(values)])
-    keys = ["rank", "stage", "epoch", "state", "continue", "batches", "stream", "dir", "zzz"]
+    keys = ["rank", "stage", "epoch", "state", "continue", "batches", "stream", "wait_s", "busy_s", "dir", "zzz"]
     request = {"cmd": cmd}
     for key in rng.sample(keys, rng.randrange(len(keys))):
         request[key] = rng.choice(values)
         if key == "state" and rng.random() < 0.5:
             request[key] = {"start_epoch_idx": rng.choice(values), "start_sequence_idx": rng.choice(values)}
+        if key == "wait_s" and rng.random() < 0.5:
+            request[key] = [rng.choice(values) for _ in range(rng.randrange(4))]
     return request
 
 
