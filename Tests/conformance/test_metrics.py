@@ -451,3 +451,47 @@ def test_loader_stats_quantiles_are_within_five_percent_of_numpys():
     for key, q in (("wait_p50_s", 0.5), ("wait_p90_s", 0.9), ("wait_p99_s", 0.99)):
         exact = np.quantile(waits, q, method="inverted_cdf")
         assert exact <= stats[key] * 1.0001 and stats[key] <= exact * 1.05 + 1e-5, (key, stats[key], exact)
+
+
+def test_the_lightning_callback_logs_the_stall_next_to_the_loss(binary, dataset, daemons, tmp_path):
+    pytest.importorskip("torch", reason="torch is not installed (scripts/setup.sh installs it)")
+    pytest.importorskip("lightning", reason="lightning is not installed (scripts/setup.sh installs it)")
+    import csv
+
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers import CSVLogger
+    from nbserve.lightning import DataStallMonitor, TrainingSampleLoader_v1
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Conv2d(3, 3, 1)
+
+        def training_step(self, batch, batch_idx):
+            time.sleep(0.01)  # a training step the loader keeps up with
+            loss = torch.nn.functional.mse_loss(self.net(batch["color"].mean(-1)), batch["reference"])
+            self.log("loss", loss, on_step=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    daemon = daemons(binary, daemon_config(dataset, tmp_path, metrics="127.0.0.1:0"))
+    logger = CSVLogger(tmp_path / "logs", name="run")
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=1,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[DataStallMonitor(every_n_train_steps=4)])
+    trainer.fit(Tiny(), datamodule=TrainingSampleLoader_v1(daemon.control, pin_memory=False))
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("data/stall")]
+    n = 8 * 0.75 // BATCH * FRAMES
+    # Logged at every 4th step (Lightning's CSV logger repeats a step-logged value on the rows after it).
+    assert int(rows[0]["step"]) == 3, rows
+    windows = {row["data/wait_s"]: row for row in rows}
+    assert len(windows) == n // 4, rows
+    for row in windows.values():
+        assert 0 <= float(row["data/stall"]) < 0.5, row  # 10 ms steps: the loader keeps up
+        assert 0 < float(row["data/wait_p50_s"]) <= float(row["data/wait_p99_s"])
+        assert float(row["data/frames_per_s"]) > 0 and row["loss"]
+    assert sample(scrape(metrics_url(daemon)), "nbserve_trainer_wait_seconds_count", rank=0, stage="train") == n

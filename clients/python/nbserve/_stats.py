@@ -93,6 +93,9 @@ class Timing:
         self._count()
         self._asked = self._handed = None
 
+    def has_pending(self) -> bool:
+        return bool(self._pending_waits) or self._pending_busy > 0
+
     def report_due(self) -> bool:
         return bool(self._pending_waits) and time.monotonic() - self._last_report >= self.REPORT_INTERVAL_S
 

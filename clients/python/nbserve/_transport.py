@@ -168,11 +168,12 @@ class ControlClient:
         return self._socket, self._watch
 
     def request(self, body: dict[str, Any], *, check: bool = True, connect_timeout: float | None = None,
-                await_start: bool = False) -> dict[str, Any]:
+                await_start: bool = False, timeout: float | None = None) -> dict[str, Any]:
         """Sends one request and returns the daemon's reply (raising DaemonError for "ok": false when `check`).
 
-        `connect_timeout` replaces the wait for a connection; with `await_start` a missing ipc socket file
-        is waited for too (a daemon that is starting), instead of failing at once."""
+        `connect_timeout` replaces the wait for a connection and `timeout` the wait for the reply; with
+        `await_start` a missing ipc socket file is waited for too (a daemon that is starting), instead of
+        failing at once."""
         with self._lock:
             path = ipc_path(self.endpoint)
             if not await_start and path is not None and not os.path.exists(path):
@@ -191,7 +192,7 @@ class ControlClient:
             poller = zmq.Poller()
             poller.register(socket, zmq.POLLIN)
             poller.register(watch.monitor, zmq.POLLIN)
-            deadline = time.monotonic() + self.timeout
+            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
             while True:
                 remaining = deadline - time.monotonic()
                 ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}

@@ -1,7 +1,7 @@
 """nb-serve for Lightning trainers: drop-ins for noisebase's ``noisebase.loaders.lightning.TrainingSampleLoader_v1``
 and ``noisebase.lightning.MidepochCheckpoint``.
 
-    from nbserve.lightning import TrainingSampleLoader_v1, MidepochCheckpoint
+    from nbserve.lightning import TrainingSampleLoader_v1, MidepochCheckpoint, DataStallMonitor
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from weakref import proxy
 
 try:
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 except ImportError as error:  # pragma: no cover - exercised only where lightning is missing
     raise ImportError("nbserve.lightning needs Lightning: pip install lightning (or nbserve[lightning])") from error
 
@@ -143,3 +143,40 @@ class MidepochCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+
+class DataStallMonitor(Callback):
+    """Logs where the training loop's time goes, next to the loss, with the trainer's own logger: every
+    ``every_n_train_steps`` steps, the train loader's ``stats(reset=True)`` (``nbserve.Loader.stats``) for the
+    steps since the last log, as ``{prefix}stall`` (the share of time spent waiting for batches),
+    ``{prefix}wait_p50_s``, ``{prefix}wait_p99_s``, ``{prefix}wait_s`` and ``{prefix}frames_per_s``. The loader
+    is the data module's (``nbserve.lightning.TrainingSampleLoader_v1``) or the train dataloader itself when it
+    is an ``nbserve.torch.TrainingSampleLoader_v1``. The daemon's metrics carry the same figures for ops."""
+
+    def __init__(self, every_n_train_steps: int = 50, prefix: str = "data/") -> None:
+        super().__init__()
+        if every_n_train_steps < 1:
+            raise ValueError(f"every_n_train_steps must be at least 1, not {every_n_train_steps}")
+        self.every_n_train_steps = every_n_train_steps
+        self.prefix = prefix
+
+    def _stats(self, trainer: L.Trainer) -> dict[str, Any] | None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if isinstance(datamodule, TrainingSampleLoader_v1) and "train" in datamodule.loaders:
+            return datamodule.stats("train", reset=True)
+        loader = getattr(trainer, "train_dataloader", None)
+        if isinstance(loader, TorchLoader):
+            return loader.stats(reset=True)
+        return None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if (batch_idx + 1) % self.every_n_train_steps:
+            return
+        stats = self._stats(trainer)
+        if stats is None or not stats["batches"]:
+            return
+        figures = {"stall": stats["stall"], "wait_p50_s": stats["wait_p50_s"], "wait_p99_s": stats["wait_p99_s"],
+                   "wait_s": stats["wait_s"], "frames_per_s": stats["frames"] / max(stats["interval_s"], 1e-9)}
+        pl_module.log_dict({self.prefix + key: float(value) for key, value in figures.items() if value is not None},
+                           on_step=True, on_epoch=False)

@@ -153,6 +153,8 @@ class Loader:
             self._files = lambda index: os.path.join(root, template.format(index=index))
         self._lengths: dict[tuple[str, int], int] = {}
         self._timing = Timing()
+        # The stream being yielded from and what it acknowledged, for a report when iteration stops early.
+        self._reporting: tuple[Stream | None, int] = (None, 0)
         self.last_header: dict[str, Any] | None = None
         self._channel = Channel.acquire(self.endpoint, curve=self._curve)
         self.transport = "zmq"
@@ -210,6 +212,32 @@ class Loader:
     def _epoch(self) -> Iterator[Batch]:
         if self._closed:
             raise RuntimeError("this nbserve.Loader is closed")
+        try:
+            yield from self._stream_epoch()
+        except GeneratorExit:
+            # The trainer stopped iterating before the end message (Lightning stops at len(loader)): the time
+            # since the last hand-over was its own, and the waits not yet reported still are reported.
+            self._timing.asked()
+            self._timing.idle()
+            self._report_on_close()
+            raise
+
+    def _report_on_close(self) -> None:
+        """Best effort and brief (the trainer is moving on, or the interpreter ending): the timing not yet
+        reported goes with an ack of what the stream already acknowledged (no new consumption)."""
+        stream, acknowledged = self._reporting
+        if self._closed or stream is None or not self._timing.has_pending():
+            return
+        try:
+            if self._channel.is_current(stream):
+                self._control.request({"cmd": "ack", "rank": self.rank, "stage": stream.stage, "epoch": stream.epoch,
+                                       "batches": acknowledged, "stream": stream.id, **self._timing.pending()},
+                                      connect_timeout=0.5, timeout=1.0)
+                self._timing.reported()
+        except Exception:  # the daemon is gone or busy: the figures are lost, nothing else
+            pass
+
+    def _stream_epoch(self) -> Iterator[Batch]:
         sampler = self.batch_sampler
         frames = sampler.frames_per_sequence
         timing = self._timing
@@ -294,6 +322,7 @@ class Loader:
             # Handed over without a reference left in this frame: dropping the batch releases it at once.
             out = [Batch(batch, lease)]
             del arrays, batch, lease
+            self._reporting = (stream, acknowledged)
             yield out.pop()
             timing.asked()
 
