@@ -164,3 +164,12 @@ def sample(families: dict, name: str, **labels) -> float:
             if each.name == name and each.labels == {key: str(value) for key, value in labels.items()}:
                 return each.value
     raise AssertionError(f"no sample {name}{labels} in the scrape")
+
+
+def trainer_dataset(tmp_path_factory, name: str, seed: int, frames: int = 4, batch: int = 2) -> support.Dataset:
+    """The small dataset the trainer-client suites share: 8 sequences of `frames` frames, val_split 0.25, so 6
+    training sequences (three groups of `batch`: 12 batches an epoch with the defaults) and 2 validation ones."""
+    root = tmp_path_factory.mktemp(f"{name}-data")
+    return support.generate_dataset(
+        root, name, sequences=8, frames=frames, crop=16, samples=4, height=48, width=80, seed=seed,
+        reference_samples=4, loader={"batch_size": batch, "val_split": 0.25, "samples": 4})

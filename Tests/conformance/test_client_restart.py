@@ -37,12 +37,7 @@ WAIT_S = 30
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> support.Dataset:
-    # 8 sequences of 4 frames, val_split 0.25: 6 training sequences (three groups of 2: 12 batches an epoch)
-    # and 2 validation ones.
-    root = tmp_path_factory.mktemp("restart-data")
-    return support.generate_dataset(
-        root, "restart", sequences=8, frames=FRAMES, crop=16, samples=4, height=48, width=80, seed=5,
-        reference_samples=4, loader={"batch_size": BATCH, "val_split": 0.25, "samples": 4})
+    return daemon_support.trainer_dataset(tmp_path_factory, "restart", seed=5, frames=FRAMES, batch=BATCH)
 
 
 @pytest.fixture

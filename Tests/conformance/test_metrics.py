@@ -41,10 +41,7 @@ PER_BATCH_S = 0.002
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> support.Dataset:
-    root = tmp_path_factory.mktemp("metrics-data")
-    return support.generate_dataset(
-        root, "metrics", sequences=8, frames=FRAMES, crop=16, samples=4, height=48, width=80, seed=5,
-        reference_samples=4, loader={"batch_size": BATCH, "val_split": 0.25, "samples": 4})
+    return daemon_support.trainer_dataset(tmp_path_factory, "metrics", seed=5, frames=FRAMES, batch=BATCH)
 
 
 @pytest.fixture
@@ -78,10 +75,10 @@ def timed_epoch(loader, sleep_s: float, on_batch=None) -> tuple[list, list[float
             break
         got = time.monotonic()
         waits.append(got - asked)
-        received.append((len(loader.last_header["sequences"]), leaf_bytes(batch)))
-        del batch
+        received.append((len(getattr(loader, "loader", loader).last_header["sequences"]), leaf_bytes(batch)))
         if on_batch:
-            on_batch(len(received))
+            on_batch(len(received), batch)
+        del batch
         if sleep_s:
             time.sleep(sleep_s)
         busy += time.monotonic() - got
@@ -125,7 +122,7 @@ def test_metrics_count_what_the_trainer_received_and_the_time_it_reported(binary
     loader = nbserve.Loader(daemon.control, transport=transport)
     assert loader.transport == transport
 
-    def halfway(count):
+    def halfway(count, batch):
         if count == 3:
             mid.update(scrape(url))
     received, waits, busy = timed_epoch(loader, sleep_s, halfway)
@@ -399,17 +396,10 @@ def test_the_torch_and_lightning_loaders_report_and_expose_the_same(binary, data
     daemon = daemons(binary, daemon_config(dataset, tmp_path, metrics="127.0.0.1:0"))
     url = metrics_url(daemon)
     loader = nbserve.torch.TrainingSampleLoader_v1(daemon.control)
-    waits = []
-    iterator = iter(loader)
-    while True:
-        asked = time.monotonic()
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            break
-        waits.append(time.monotonic() - asked)
+
+    def tensors(count, batch):
         assert isinstance(batch["color"], torch.Tensor)
-        del batch
+    _, waits, _ = timed_epoch(loader, 0.0, tensors)
     stats = loader.stats()
     n = stats["batches"]
     assert n == len(waits) > 0
