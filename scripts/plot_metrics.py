@@ -308,16 +308,17 @@ def plot(series: Series, phases: list[dict], out: str, dpi: int, workers: int, t
             color=BLUE, lw=1.4)
     ax.set_ylim(bottom=0)
 
-    # 6. Epoch progress
+    # 6. Epochs served and acknowledged: the epoch plus the share of its batches sent / acknowledged
     ax = axes[5]
-    consumed = series.gauge(key("nbserve_epoch_batches_consumed", **TRAIN))
+    epoch = series.gauge(key("nbserve_epoch", **TRAIN))
     total = series.gauge(key("nbserve_epoch_batches", **TRAIN))
-    progress = [c / n if n > 0 else math.nan for c, n in zip(consumed, total)]
-    ax.plot(t, progress, label="rank 0 train", color=GREEN, lw=0, marker=".", ms=4)
-    ax.set_ylim(0, 1.05)
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.text(0.01, 0.5, f"acked per sequence group; sampled every {series_interval(series):.1f} s, "
-            "longer than an epoch here", transform=ax.transAxes, fontsize=7, color=TEXT, alpha=0.7)
+    for name, label, color in (("nbserve_epoch_batches_sent", "sent rank 0 train", GREEN),
+                               ("nbserve_epoch_batches_consumed", "acknowledged rank 0 train", BLUE)):
+        part = series.gauge(key(name, **TRAIN))
+        ax.plot(t, [e + p / n if n > 0 and e >= 0 else math.nan for e, p, n in zip(epoch, part, total)],
+                label=label, color=color, lw=1.2)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("epochs")
 
     # 7. Throughput
     ax = axes[6]

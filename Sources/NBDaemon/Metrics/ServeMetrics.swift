@@ -14,6 +14,7 @@ final class ServeMetrics {
         let framesSent: Counter
         let bytesSent: Counter
         let batchesConsumed: Gauge
+        let batchesSentInEpoch: Gauge
         let epoch: Gauge
         let epochBatches: Gauge
         let ready: Gauge
@@ -67,6 +68,7 @@ final class ServeMetrics {
                 framesSent: registry.makeCounter(descriptor: Self.name("frames_sent", "total", "Frames (one sequence's frame each) in the batches handed to the rank's trainer."), labels: labels),
                 bytesSent: registry.makeCounter(descriptor: Self.name("sent_bytes", "total", "Tensor bytes handed to the rank's trainer (over shared memory: the bytes leased)."), labels: labels),
                 batchesConsumed: registry.makeGauge(descriptor: Self.name("epoch_batches_consumed", "", "Batches of the current epoch the trainer has acknowledged (at sequence-group boundaries)."), labels: labels),
+                batchesSentInEpoch: registry.makeGauge(descriptor: Self.name("epoch_batches_sent", "", "Batches of the current epoch sent so far (nbserve_epoch + this / nbserve_epoch_batches: epochs served, fractional)."), labels: labels),
                 epoch: registry.makeGauge(descriptor: Self.name("epoch", "", "The epoch the stream serves (-1 before the first request)."), labels: labels),
                 epochBatches: registry.makeGauge(descriptor: Self.name("epoch_batches", "", "Batches in the current epoch for this rank."), labels: labels),
                 ready: registry.makeGauge(descriptor: Self.name("ready_batches", "", "Decoded batches not yet sent (the ready queue's depth); over shared memory they are leased at once (see nbserve_held_leases)."), labels: labels),
@@ -139,6 +141,7 @@ extension ServeMetrics.StreamSeries {
             epoch.set(Double(stream.epoch))
             epochBatches.set(Double(stream.plans.count))
             batchesConsumed.set(Double(stream.consumed))
+            batchesSentInEpoch.set(Double(stream.nextSend))
         }
         ready.set(Double(stream.readyCount))
     }
