@@ -159,6 +159,7 @@ class DataStallMonitor(Callback):
             raise ValueError(f"every_n_train_steps must be at least 1, not {every_n_train_steps}")
         self.every_n_train_steps = every_n_train_steps
         self.prefix = prefix
+        self._batches = 0  # training batches seen, across epochs (an epoch may be shorter than the interval)
 
     def _stats(self, trainer: L.Trainer) -> dict[str, Any] | None:
         datamodule = getattr(trainer, "datamodule", None)
@@ -171,7 +172,8 @@ class DataStallMonitor(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if (batch_idx + 1) % self.every_n_train_steps:
+        self._batches += 1
+        if self._batches % self.every_n_train_steps:
             return
         stats = self._stats(trainer)
         if stats is None or not stats["batches"]:
