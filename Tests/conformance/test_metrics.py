@@ -33,10 +33,12 @@ import nbserve  # noqa: E402  (the working copy in clients/python)
 
 FRAMES = 4
 BATCH = 2
-# How far the daemon's figures may be from the trainer's own measurement, per batch: the client measures a
-# batch's wait from its iterator's resumption to its hand-over, the test from just before `next()` to just
-# after it; the difference is Python's generator overhead, far below a millisecond.
+# How far the daemon's figures may be from the trainer's own measurement: the client measures a batch's wait
+# from its iterator's resumption to its hand-over, the test from just before `next()` to just after it; the
+# difference is Python's generator overhead, far below a millisecond a batch, plus whatever a loaded machine
+# preempts inside those few instructions (once in a run, at most a scheduler time slice).
 PER_BATCH_S = 0.002
+PREEMPTION_S = 0.03
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +143,12 @@ def test_metrics_count_what_the_trainer_received_and_the_time_it_reported(binary
     # What it reported: a wait per batch, and its sleeps as busy time.
     assert sample(after, "nbserve_trainer_wait_seconds_count", rank=0, stage="train") == n
     wait_sum = sample(after, "nbserve_trainer_wait_seconds_sum", rank=0, stage="train")
-    assert abs(wait_sum - sum(waits)) <= n * PER_BATCH_S, (wait_sum, sum(waits))
+    assert abs(wait_sum - sum(waits)) <= n * PER_BATCH_S + PREEMPTION_S, (wait_sum, sum(waits))
     reported_busy = sample(after, "nbserve_trainer_busy_seconds_total", rank=0, stage="train")
-    assert n * sleep_s <= reported_busy <= busy + n * PER_BATCH_S, (reported_busy, busy)
+    assert n * sleep_s <= reported_busy <= busy + n * PER_BATCH_S + PREEMPTION_S, (reported_busy, busy)
     stall = sample(after, "nbserve_data_stall_ratio", rank=0, stage="train")
     assert stall == pytest.approx(wait_sum / (wait_sum + reported_busy), abs=1e-5)
-    assert stall == pytest.approx(sum(waits) / (sum(waits) + busy), abs=0.02)
+    assert stall == pytest.approx(sum(waits) / (sum(waits) + busy), abs=0.05)
     buckets = [s for s in after["nbserve_trainer_wait_seconds"].samples
                if s.name.endswith("_bucket") and s.labels["stage"] == "train"]
     assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == n
@@ -407,7 +409,7 @@ def test_the_torch_and_lightning_loaders_report_and_expose_the_same(binary, data
     assert sample(scraped, "nbserve_trainer_wait_seconds_count", rank=0, stage="train") == n
     assert sample(scraped, "nbserve_trainer_wait_seconds_sum", rank=0, stage="train") == pytest.approx(stats["wait_s"], abs=n * 1e-6)
     # The torch loader's conversion is part of each wait, as the trainer sees it from outside.
-    assert abs(stats["wait_s"] - sum(waits)) <= n * PER_BATCH_S
+    assert abs(stats["wait_s"] - sum(waits)) <= n * PER_BATCH_S + PREEMPTION_S
     loader.close()
 
     pytest.importorskip("lightning", reason="lightning is not installed (scripts/setup.sh installs it)")

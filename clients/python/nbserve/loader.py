@@ -315,7 +315,7 @@ class Loader:
                 lease, arrays = session.views(header)
             else:
                 arrays = decode_tensors(header, payload)
-            timing.handed(len(header["sequences"]), sum(array.nbytes for array in arrays.values()))
+            handed_frames, handed_bytes = len(header["sequences"]), sum(array.nbytes for array in arrays.values())
             batch = nest(arrays)
             if self._files is not None:
                 batch = with_file(batch, [self._files(index) for index in header["sequences"]])
@@ -323,6 +323,7 @@ class Loader:
             out = [Batch(batch, lease)]
             del arrays, batch, lease
             self._reporting = (stream, acknowledged)
+            timing.handed(handed_frames, handed_bytes)  # everything before this was the loader's time
             yield out.pop()
             timing.asked()
 
