@@ -203,9 +203,7 @@ public final class Daemon {
             leaseSessions?.close()
             for socket in sockets.values { socket.close() }
             control.close()
-            for endpoint in [controlEndpoint] + Array(endpoints.values) {
-                if let path = Self.ipcPath(endpoint) { unlink(path) }
-            }
+            Self.removeSocketFiles([controlEndpoint] + Array(endpoints.values))
             throw error
         }
 
@@ -263,6 +261,13 @@ public final class Daemon {
 
     static func ipcPath(_ endpoint: String) -> String? {
         endpoint.hasPrefix("ipc://") ? String(endpoint.dropFirst(6)) : nil
+    }
+
+    /// Removes the socket files of the ipc endpoints among `endpoints` (the daemon's own, once closed).
+    static func removeSocketFiles(_ endpoints: [String]) {
+        for endpoint in endpoints {
+            if let path = ipcPath(endpoint) { unlink(path) }
+        }
     }
 
     /// The shared-memory session socket: `serve.shm_socket`, or `shm.sock` beside an ipc control socket;
@@ -564,22 +569,19 @@ public final class Daemon {
             case .batch(_, let plan, let buffer) where stream.transport == .shm:
                 guard let sessions = leaseSessions, sessions.mayLease(rank: rank) else { return }
                 sent = try sendLease(plan, buffer: buffer, stream: stream, stage: stage, rank: rank, socket: socket, sessions: sessions)
-                if sent { framesSent += plan.sequences.count }
             case .batch(_, let plan, let buffer):
                 sent = try sendBatch(plan, buffer: buffer, stream: stream, stage: stage, rank: rank, socket: socket)
-                if sent { framesSent += plan.sequences.count }
-            }
-            if sent {
-                switch outgoing {
-                case .batch(_, let plan, _):
-                    metrics[rank, stream.stage]?.sent(frames: plan.sequences.count, bytes: layout.tensors.reduce(0) { $0 + $1.filled(plan.sequences.count).bytes.count })
-                case .failure(_, let report):
-                    metrics[rank, stream.stage]?.failed(report.kind)
-                case .end:
-                    break
-                }
             }
             guard sent else { return }
+            switch outgoing {
+            case .batch(_, let plan, _):
+                framesSent += plan.sequences.count
+                metrics[rank, stream.stage]?.sent(frames: plan.sequences.count, bytes: layout.filledByteCount(plan.sequences.count))
+            case .failure(_, let report):
+                metrics[rank, stream.stage]?.failed(report.kind)
+            case .end:
+                break
+            }
             stream.sent(outgoing)
         }
     }
@@ -679,9 +681,7 @@ public final class Daemon {
         authenticator?.close()
         // Terminating the context releases every frame still queued; only then may the memory go.
         context.close()
-        for endpoint in [controlEndpoint] + Array(endpoints.values) {
-            if let path = Self.ipcPath(endpoint) { unlink(path) }
-        }
+        Self.removeSocketFiles([controlEndpoint] + Array(endpoints.values))
         Self.log("stopped")
         return stateError
     }

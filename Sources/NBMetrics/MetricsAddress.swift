@@ -12,7 +12,7 @@ public struct MetricsAddress: Equatable, Sendable, CustomStringConvertible {
         self.port = port
     }
 
-    /// Parses `HOST:PORT`; nil with `reason` set when the text is not one.
+    /// Parses `HOST:PORT`, or says why the text is not one.
     public static func parse(_ text: String) -> Result<MetricsAddress, MetricsAddressError> {
         let host: Substring, portText: Substring
         if text.hasPrefix("[") {

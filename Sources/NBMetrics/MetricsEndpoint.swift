@@ -1,8 +1,8 @@
 import NIOCore
-import Synchronization
 import NIOHTTP1
 import NIOPosix
 import Prometheus
+import Synchronization
 
 /// Why the metrics endpoint could not start.
 public enum MetricsEndpointError: Error, CustomStringConvertible, Equatable {

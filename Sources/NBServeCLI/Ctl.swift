@@ -90,6 +90,12 @@ extension NBServe {
 
 /// `ctl status` for people.
 enum StatusReport {
+    /// What the trainer reported of a stream's epoch (its `trainer` object), once it has reported anything.
+    static func trainer(_ stream: [String: Any]) -> (wait: Double, busy: Double, stall: Double)? {
+        guard let timing = stream["trainer"] as? [String: Any], let stall = timing["stall"] as? NSNumber else { return nil }
+        return ((timing["wait_s"] as? NSNumber)?.doubleValue ?? 0, (timing["busy_s"] as? NSNumber)?.doubleValue ?? 0, stall.doubleValue)
+    }
+
     static func text(_ reply: [String: Any]) -> String {
         func number(_ key: String) -> Double { (reply[key] as? NSNumber)?.doubleValue ?? 0 }
         var lines = [String(
@@ -101,12 +107,9 @@ enum StatusReport {
             lines.append("rank \(rank["rank"] ?? "?") \(rank["endpoint"] ?? ""): \(wire)")
             for stage in ["train", "val"] {
                 guard let stream = rank[stage] as? [String: Any], stream["phase"] as? String != "idle" else { continue }
-                var trainer = ""
-                if let timing = stream["trainer"] as? [String: Any], let stall = timing["stall"] as? NSNumber {
-                    trainer = String(
-                        format: "; trainer waited %.2f s, busy %.2f s: stall %.1f%%",
-                        (timing["wait_s"] as? NSNumber)?.doubleValue ?? 0, (timing["busy_s"] as? NSNumber)?.doubleValue ?? 0, 100 * stall.doubleValue)
-                }
+                let trainer = Self.trainer(stream).map {
+                    String(format: "; trainer waited %.2f s, busy %.2f s: stall %.1f%%", $0.wait, $0.busy, 100 * $0.stall)
+                } ?? ""
                 lines.append("  \(stage) epoch \(stream["epoch"] ?? "") (stream \(stream["stream"] ?? ""), \(stream["phase"] ?? "")) — produced \(stream["produced"] ?? 0), sent \(stream["sent"] ?? 0), consumed \(stream["consumed"] ?? 0) of \(stream["batches"] ?? 0); \(stream["ready"] ?? 0) ready\(trainer)")
             }
         }

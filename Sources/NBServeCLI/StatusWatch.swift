@@ -65,7 +65,7 @@ struct StatusWatch {
                 previous[key] = Sample(consumed: consumed, time: now)
                 let transport = rank["transport"] as? String ?? ""
                 // The share of this epoch the trainer waited for data, as it reported it with its acks.
-                let stall = ((stream["trainer"] as? [String: Any])?["stall"] as? NSNumber).map { String(format: "stall %.1f%%", 100 * $0.doubleValue) } ?? "stall —"
+                let stall = StatusReport.trainer(stream).map { String(format: "stall %.1f%%", 100 * $0.stall) } ?? "stall —"
                 lines.append(String(
                     format: "rank %@ %@ epoch %@ %@ %5.1f%%  %d/%d consumed (%d sent), %@, %@, %@ left, %@%@",
                     "\(rank["rank"] ?? "?")", stage.padding(toLength: 5, withPad: " ", startingAt: 0), "\(stream["epoch"] ?? "")",

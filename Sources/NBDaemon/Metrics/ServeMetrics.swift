@@ -113,7 +113,7 @@ final class ServeMetrics {
 }
 
 extension ServeMetrics.StreamSeries {
-    /// A batch (or its error message) went out.
+    /// A batch went out (as ZeroMQ frames or a lease).
     func sent(frames: Int, bytes: Int) {
         batchesSent.increment()
         framesSent.increment(by: Int64(frames))

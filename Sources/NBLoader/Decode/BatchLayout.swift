@@ -75,4 +75,9 @@ public struct BatchLayout: Sendable, Equatable {
     }
 
     public func tensor(_ key: String) -> TensorSpec? { tensors.first { $0.key == key } }
+
+    /// Tensor bytes of a batch of `sequences` sequences, as sent (`TensorSpec.filled`; no alignment padding).
+    public func filledByteCount(_ sequences: Int) -> Int {
+        tensors.reduce(0) { $0 + $1.filled(sequences).bytes.count }
+    }
 }

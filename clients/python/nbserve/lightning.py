@@ -16,6 +16,7 @@ except ImportError as error:  # pragma: no cover - exercised only where lightnin
     raise ImportError("nbserve.lightning needs Lightning: pip install lightning (or nbserve[lightning])") from error
 
 from . import _atomic
+from .loader import _stage
 from .torch import TrainingSampleLoader_v1 as TorchLoader
 
 
@@ -48,7 +49,7 @@ class TrainingSampleLoader_v1(L.LightningDataModule):
         """The stage's loader's ``stats()`` (``nbserve.Loader.stats``): batches, wait and busy seconds, stall.
         A training step can log it next to its loss, e.g. ``self.log("data_stall",
         self.trainer.datamodule.stats()["stall"] or 0.0)``."""
-        loader = self.loaders.get("val" if stage == "validation" else stage)
+        loader = self.loaders.get(_stage(stage))
         if loader is None:
             raise RuntimeError(f"no {stage} loader has been made yet (Lightning asks for it when the stage starts)")
         return loader.stats(reset)

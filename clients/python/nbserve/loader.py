@@ -230,10 +230,7 @@ class Loader:
             return
         try:
             if self._channel.is_current(stream):
-                self._control.request({"cmd": "ack", "rank": self.rank, "stage": stream.stage, "epoch": stream.epoch,
-                                       "batches": acknowledged, "stream": stream.id, **self._timing.pending()},
-                                      connect_timeout=0.5, timeout=1.0)
-                self._timing.reported()
+                self._ack(stream, acknowledged, connect_timeout=0.5, timeout=1.0)
         except Exception:  # the daemon is gone or busy: the figures are lost, nothing else
             pass
 
@@ -393,11 +390,14 @@ class Loader:
         if forget:
             self._channel.forget()
 
-    def _ack(self, stream: Stream, consumed: int) -> None:
-        """Acknowledges `consumed` batches of `stream`, with the trainer's timing since the last ack."""
+    def _ack(self, stream: Stream, consumed: int, connect_timeout: float | None = None,
+             timeout: float | None = None) -> None:
+        """Acknowledges `consumed` batches of `stream`, with the trainer's timing since the last ack; the
+        timeouts replace the control client's waits."""
         try:
             self._control.request({"cmd": "ack", "rank": self.rank, "stage": stream.stage, "epoch": stream.epoch,
-                                   "batches": consumed, "stream": stream.id, **self._timing.pending()})
+                                   "batches": consumed, "stream": stream.id, **self._timing.pending()},
+                                  connect_timeout=connect_timeout, timeout=timeout)
             self._timing.reported()
         except DaemonError as refused:
             # The daemon does not know the stream: it is a new daemon (the control socket reconnected to it
